@@ -1,0 +1,30 @@
+# The two commands of the README: `make train` and `make test`. Both create .venv on first
+# use and reinstall when pyproject.toml changes, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint tensorboard clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)  ## train the default MLP on the bundled digits data
+	$(BIN)/trainer fit --config configs/digits_mlp.yaml
+
+test: $(STAMP)  ## the whole test suite, then the linter
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+tensorboard: $(STAMP)  ## open the dashboards of every run under runs/
+	$(BIN)/tensorboard --logdir runs --host 127.0.0.1
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

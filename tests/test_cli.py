@@ -1,0 +1,127 @@
+"""The `trainer` command line, run as a real subprocess the way users run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "digits_mlp.yaml"
+TEST_SET_SIZE = 270  # 15% of scikit-learn's 1,797 digits, DigitsData's default split
+
+
+def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def job_args(run_dir: Path, *extra: str) -> list[str | Path]:
+    return [
+        "--config", DEFAULT_CONFIG,
+        "--trainer.run_dir", run_dir,
+        "--trainer.progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """One short `trainer fit`, shared by the tests that read its output or its checkpoint."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_cli("fit", *job_args(run_dir, "--trainer.max_epochs", "2"))
+    return run_dir, result
+
+
+def test_fit_prints_a_summary_and_writes_events(fitted_run: tuple) -> None:
+    run_dir, result = fitted_run
+    assert result.returncode == 0, result.stderr
+    assert "final metrics: epoch" in result.stdout and "val/acc" in result.stdout
+    assert f"run files:     {run_dir.resolve()}" in result.stdout
+    assert f"tensorboard --logdir {run_dir.resolve()}" in result.stdout
+    assert list(run_dir.rglob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_validate_reports_metrics_of_the_last_checkpoint(fitted_run: tuple) -> None:
+    run_dir, _ = fitted_run
+    result = run_cli("validate", *job_args(run_dir, "--ckpt_path", "last"))
+    assert result.returncode == 0, result.stderr
+    assert "val/loss" in result.stdout and "val/acc" in result.stdout
+
+
+def test_test_reports_test_metrics(fitted_run: tuple) -> None:
+    run_dir, _ = fitted_run
+    result = run_cli("test", *job_args(run_dir, "--ckpt_path", "last"))
+    assert result.returncode == 0, result.stderr
+    assert "test/loss" in result.stdout and "test/acc" in result.stdout
+
+
+def test_predict_saves_one_output_row_per_sample(fitted_run: tuple) -> None:
+    run_dir, _ = fitted_run
+    result = run_cli("predict", *job_args(run_dir, "--ckpt_path", "last"))
+    assert result.returncode == 0, result.stderr
+    path = run_dir.resolve() / "predictions.pt"
+    assert str(path) in result.stdout
+    predictions = torch.load(path, weights_only=True)
+    assert sum(len(batch) for batch in predictions) == TEST_SET_SIZE
+    assert predictions[0].shape[1] == 10
+
+
+def test_unknown_key_exits_2_with_the_nearest_key_and_no_traceback(tmp_path: Path) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--trainer.max_epoch", "3"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown key 'trainer.max_epoch'")
+    assert "did you mean 'trainer.max_epochs'" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())  # failed before anything was written
+
+
+def test_misspelt_class_path_exits_2_with_close_names(tmp_path: Path) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "model.class_path=trainer.models.MPL"))
+    assert result.returncode == 2
+    assert "model.class_path" in result.stderr and "'trainer.models.MLP'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_trainer_argument_and_missing_checkpoint_exit_2(tmp_path: Path) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--trainer.precision", "16"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: trainer: ") and "precision" in result.stderr
+    result = run_cli("test", *job_args(tmp_path, "--ckpt_path", tmp_path / "absent.ckpt"))
+    assert result.returncode == 2 and "--ckpt_path" in result.stderr
+
+
+def test_print_config_shows_overrides_and_resolved_interpolation(tmp_path: Path) -> None:
+    result = run_cli(
+        "fit", *job_args(tmp_path, "--trainer.max_epochs=4", "--print_config", "optimizer.lr=1e-3")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "max_epochs: 4" in result.stdout and "T_max: 4" in result.stdout
+    assert "lr: 0.001" in result.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_lists_commands_and_override_syntax() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("fit", "validate", "test", "predict"))
+    result = run_cli("fit", "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout and "--trainer.max_epochs 3" in result.stdout
+
+
+def test_missing_config_is_a_clear_error() -> None:
+    result = run_cli("fit")
+    assert result.returncode == 2
+    assert "error: no config given; pass --config FILE" in result.stderr

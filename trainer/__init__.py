@@ -1,0 +1,33 @@
+"""trainer: a small, fast PyTorch Trainer whose runs are never lost.
+
+Only the public names live here; optional libraries (tqdm, tensorboard, the config
+parser, torchvision) are imported where first needed, so `import trainer` stays fast.
+"""
+
+from trainer.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TensorBoardLogger,
+)
+from trainer.state import TrainState
+from trainer.trainer import Trainer, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "TrainState",
+    "Trainer",
+    "__version__",
+    "seed_everything",
+]

@@ -1,0 +1,23 @@
+"""Callbacks: the hook base class and the ready-made callbacks of the public API."""
+
+from trainer.callbacks.base import Callback, CallbackList
+from trainer.callbacks.csv_logger import CSVLogger
+from trainer.callbacks.early_stopping import EarlyStopping
+from trainer.callbacks.lr_monitor import LearningRateMonitor
+from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.callbacks.monitor import MissingMetricError, Monitor
+from trainer.callbacks.progress import ProgressBar
+from trainer.callbacks.tensorboard import TensorBoardLogger
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "MissingMetricError",
+    "ModelCheckpoint",
+    "Monitor",
+    "ProgressBar",
+    "TensorBoardLogger",
+]

@@ -1,0 +1,142 @@
+"""`Callback`, the hook vocabulary, and `CallbackList`, which dispatches it.
+
+`CallbackList` works out once per run which callbacks override which hook, so a hook that
+nobody overrides costs one dictionary lookup and a callback that overrides nothing costs
+nothing at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainer.trainer import Trainer
+
+__all__ = ["HOOKS", "Callback", "CallbackList"]
+
+
+class Callback:
+    """Base class of everything that reacts to the training loop.
+
+    Override only the hooks you need; each receives the trainer first. A callback with
+    state also implements `state_dict` / `load_state_dict`, and that state travels in
+    checkpoints.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_train_epoch_end(self, trainer):
+        ...         print(trainer.epoch, trainer.metrics.get("train/loss"))
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """When `fit` begins, after a checkpoint (if any) has been loaded."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """When `fit` finishes without an exception."""
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        """Before the first training batch of an epoch."""
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """After an epoch's training and validation, with its figures in `trainer.metrics`."""
+
+    def on_train_batch_start(self, trainer: Trainer, batch: Any, batch_idx: int) -> None:
+        """Before `training_step`, with the batch already on the device."""
+
+    def on_train_batch_end(
+        self, trainer: Trainer, outputs: dict[str, Any], batch: Any, batch_idx: int
+    ) -> None:
+        """After a batch's backward pass and, on an accumulation boundary, its optimizer step."""
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Before the optimizer steps, with gradients unscaled and clipped."""
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        """Before the first validation batch."""
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After the last validation batch, with the validation averages."""
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+        """When figures are due for loggers: every `log_every_n_steps` and at each epoch end."""
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        """Before a checkpoint is written; entries added to `checkpoint` are saved with it."""
+
+    def on_load_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        """After a checkpoint's states have been restored."""
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        """When `fit` is ending because of an exception, before it propagates."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data to save in checkpoints; stateless callbacks return {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from `state_dict()` output."""
+
+
+HOOKS: tuple[str, ...] = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
+class CallbackList:
+    """The run's callbacks in call order, with each hook's overriding callbacks precomputed."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks must be trainer.callbacks.Callback instances, got "
+                    f"{type(callback).__name__}; subclass Callback and override its hooks."
+                )
+        self.callbacks = list(callbacks)
+        self._by_hook: dict[str, tuple[Callback, ...]] = {
+            hook: tuple(cb for cb in callbacks if _overrides(cb, hook)) for hook in HOOKS
+        }
+
+    def call(self, hook: str, trainer: Trainer, *args: Any) -> None:
+        """Call `hook` on every callback that overrides it, naming the culprit on error."""
+        for callback in self._by_hook[hook]:
+            try:
+                getattr(callback, hook)(trainer, *args)
+            except Exception as error:
+                if hasattr(error, "add_note"):
+                    error.add_note(f"raised in callback {type(callback).__name__}.{hook}")
+                raise
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
+        """Every stateful callback's state, keyed by a unique name derived from its class."""
+        states = {}
+        for key, callback in self._keyed():
+            state = callback.state_dict()
+            if state:
+                states[key] = state
+        return states
+
+    def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None:
+        """Hand each callback the state saved under its key; unknown keys are ignored."""
+        for key, callback in self._keyed():
+            if key in states:
+                callback.load_state_dict(states[key])
+
+    def _keyed(self) -> list[tuple[str, Callback]]:
+        seen: dict[str, int] = {}
+        keyed = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keyed.append((name if seen[name] == 1 else f"{name}_{seen[name]}", callback))
+        return keyed
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)

@@ -1,0 +1,73 @@
+"""`CSVLogger`: every logged figure as a row per step in a plain CSV file.
+
+Rows are kept by step, so the step figures and the epoch figures of one step share a row.
+The file is rewritten whole at each epoch end (a rename, so it is never half written),
+which keeps its columns stable when new names appear; a resumed run reads it back and
+drops the rows a killed run wrote after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+__all__ = ["CSVLogger"]
+
+
+class CSVLogger(Callback):
+    """Write `step` and every logged figure to a CSV file.
+
+    Args:
+        path: the file; `run_dir/metrics.csv` when None.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._rows: dict[int, dict[str, float]] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Pick up the rows of an earlier run up to the step this run continues from."""
+        self.path = self.path or trainer.run_dir / "metrics.csv"
+        self._rows = {}
+        if trainer.global_step and self.path.exists():
+            with self.path.open(newline="") as file:
+                for row in csv.DictReader(file):
+                    step = int(row.pop("step"))
+                    if step <= trainer.global_step:
+                        self._rows[step] = {k: float(v) for k, v in row.items() if v != ""}
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+        """Merge these figures into the row of `step`."""
+        self._rows.setdefault(step, {}).update(metrics)
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """Write the file so far."""
+        self._write()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Write the final file."""
+        self._write()
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        """Keep what was logged before the failure."""
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is None or not self._rows:
+            return
+        columns = list(dict.fromkeys(name for row in self._rows.values() for name in row))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with temporary.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["step", *columns])
+            writer.writeheader()
+            for step in sorted(self._rows):
+                writer.writerow({"step": step, **self._rows[step]})
+        os.replace(temporary, self.path)

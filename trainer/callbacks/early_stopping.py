@@ -1,0 +1,80 @@
+"""`EarlyStopping`: end training when a monitored metric stops improving."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer.callbacks.base import Callback
+from trainer.callbacks.monitor import Monitor
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs.
+
+    The check runs at each epoch end, after validation. With `restore_best_weights`, the
+    model gets the weights of its best epoch back when training ends.
+
+    Example:
+        >>> stop = EarlyStopping(monitor="val/acc", mode="max", patience=5)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+    ) -> None:
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got {patience}.")
+        self.monitor = Monitor(monitor, mode, min_delta)
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.best = self.monitor.worst()
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """Compare this epoch's value with the best so far; ask the trainer to stop if stale."""
+        value = self.monitor.read(trainer.metrics, "EarlyStopping")
+        if self.monitor.is_improvement(value, self.best):
+            self.best, self.best_epoch, self.wait = value, trainer.epoch, 0
+            if self.restore_best_weights:
+                self._best_weights = copy.deepcopy(trainer.model.state_dict())
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Put the best epoch's weights back when asked to."""
+        if self.restore_best_weights and self._best_weights is not None:
+            trainer.model.load_state_dict(self._best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and the best value, so a resumed run stops on the same epoch."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters saved by `state_dict`."""
+        self.best = float(state["best"])
+        self.best_epoch = state["best_epoch"]
+        self.wait = int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]

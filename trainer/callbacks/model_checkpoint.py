@@ -1,0 +1,125 @@
+"""`ModelCheckpoint`: save the run's state at epoch ends or every N steps, keep the last
+one and the best `save_top_k` by a monitored metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.callbacks.base import Callback
+from trainer.callbacks.monitor import Monitor
+from trainer.checkpoint import LAST_NAME
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+__all__ = ["ModelCheckpoint"]
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints under `dirpath` (the run's `checkpoints/` folder by default).
+
+    Args:
+        monitor: metric that ranks checkpoints, such as `"val/loss"`; None keeps no ranking.
+        mode: `"min"` or `"max"` for `monitor`.
+        save_top_k: how many ranked checkpoints to keep (-1 keeps all).
+        save_last: also keep `last.ckpt`, the newest state, for `fit(ckpt_path="last")`.
+        every_n_epochs: save at the end of every N-th epoch (0 disables epoch saves).
+        every_n_steps: also save every N optimizer steps, mid-epoch.
+        dirpath: folder for the files.
+
+    Ranked files are named `epoch=E-step=S.ckpt`, with the epoch counted from 0.
+    """
+
+    def __init__(
+        self,
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool = True,
+        every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        dirpath: str | Path | None = None,
+    ) -> None:
+        if save_top_k < -1:
+            raise ValueError(f"save_top_k must be -1 (keep all) or >= 0, got {save_top_k}.")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}.")
+        self.monitor = Monitor(monitor, mode) if monitor else None
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.best_k: dict[str, float] = {}
+        self.best_model_path = ""
+        self.last_model_path = ""
+        self._saved_step = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Default the folder to the run's `checkpoints/`."""
+        self.dirpath = self.dirpath or trainer.checkpoint_dir
+
+    def on_train_batch_end(
+        self, trainer: Trainer, outputs: dict[str, Any], batch: Any, batch_idx: int
+    ) -> None:
+        """Save the last state every `every_n_steps` optimizer steps."""
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """Save ranked and last checkpoints at the end of every `every_n_epochs`-th epoch."""
+        if not self.every_n_epochs or (trainer.epoch + 1) % self.every_n_epochs:
+            return
+        if self.monitor is not None and self.save_top_k != 0:
+            self._save_ranked(trainer)
+        self._save_last(trainer)
+
+    def _save_last(self, trainer: Trainer) -> None:
+        if not self.save_last:
+            return
+        assert self.dirpath is not None
+        self._saved_step = trainer.global_step
+        self.last_model_path = str(trainer.save_checkpoint(self.dirpath / LAST_NAME))
+
+    def _save_ranked(self, trainer: Trainer) -> None:
+        assert self.monitor is not None and self.dirpath is not None
+        score = self.monitor.read(trainer.metrics, "ModelCheckpoint")
+        if self.save_top_k != -1 and len(self.best_k) >= self.save_top_k:
+            worst = self._worst_path()
+            if not self.monitor.is_improvement(score, self.best_k[worst]):
+                return
+        path = self.dirpath / f"epoch={trainer.epoch}-step={trainer.global_step}.ckpt"
+        self.best_k[str(path)] = score
+        best_score = self.best_k.get(self.best_model_path, self.monitor.worst())
+        if self.monitor.is_improvement(score, best_score):
+            self.best_model_path = str(path)
+        trainer.save_checkpoint(path)
+        while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
+            self._remove(self._worst_path())
+
+    def _worst_path(self) -> str:
+        pick = max if self.monitor is not None and self.monitor.mode == "min" else min
+        return pick(self.best_k, key=self.best_k.__getitem__)
+
+    def _remove(self, path: str) -> None:
+        del self.best_k[path]
+        file = Path(path)
+        is_ours = self.dirpath is not None and file.parent == self.dirpath
+        if is_ours and path != self.best_model_path:
+            file.unlink(missing_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ranking and paths, so a resumed run keeps rotating the same files."""
+        return {
+            "best_k": dict(self.best_k),
+            "best_model_path": self.best_model_path,
+            "last_model_path": self.last_model_path,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the ranking saved by `state_dict`."""
+        self.best_k = {str(path): float(score) for path, score in state["best_k"].items()}
+        self.best_model_path = str(state["best_model_path"])
+        self.last_model_path = str(state["last_model_path"])

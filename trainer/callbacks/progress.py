@@ -1,0 +1,107 @@
+"""`ProgressBar`: a tqdm bar per epoch with batches, ETA, samples/s and the latest loss.
+
+The bar reads the loss from the device only when it is about to redraw (at most
+`refresh_rate` times a second), so it adds no per-step host sync. When output is not a
+terminal it stays silent per step and prints one line per epoch instead, so log files
+and CI output stay short.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from trainer.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar(Callback):
+    """Show training progress; one bar per epoch.
+
+    Args:
+        refresh_rate: most redraws per second.
+        leave: keep each finished epoch's bar on screen.
+        force: draw bars even when output is not a terminal (notebooks are detected).
+    """
+
+    def __init__(self, refresh_rate: float = 4.0, leave: bool = True, force: bool = False) -> None:
+        self.refresh_interval = 1.0 / refresh_rate
+        self.leave = leave
+        self.force = force
+        self._bar: Any = None
+        self._last_draw = 0.0
+        self._epoch_start = 0.0
+        self._samples = 0
+
+    def _is_interactive(self) -> bool:
+        return self.force or sys.stderr.isatty() or _in_notebook()
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        """Open this epoch's bar."""
+        self._epoch_start = self._last_draw = time.monotonic()
+        self._samples = 0
+        if not self._is_interactive():
+            return
+        from tqdm.auto import tqdm
+
+        total = trainer.num_train_batches
+        self._bar = tqdm(
+            total=total,
+            initial=trainer.state.batches_in_epoch,
+            desc=f"Epoch {trainer.epoch + 1}/{trainer.max_epochs or '?'}",
+            leave=self.leave,
+            dynamic_ncols=True,
+            unit="batch",
+            mininterval=self.refresh_interval,
+        )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, outputs: dict[str, Any], batch: Any, batch_idx: int
+    ) -> None:
+        """Advance the bar; read the loss only when a redraw is due."""
+        self._samples += trainer.last_batch_size
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        now = time.monotonic()
+        if now - self._last_draw >= self.refresh_interval:
+            self._last_draw = now
+            rate = self._samples / max(now - self._epoch_start, 1e-9)
+            self._bar.set_postfix(
+                loss=f"{float(outputs['loss']):.4f}", samples_s=f"{rate:.0f}", refresh=False
+            )
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        """Close the bar with the epoch's figures, or print them as one line."""
+        figures = _format_figures(trainer.metrics)
+        if self._bar is not None:
+            self._bar.set_postfix_str(figures, refresh=False)
+            self._bar.close()
+            self._bar = None
+        else:
+            seconds = time.monotonic() - self._epoch_start
+            print(f"epoch {trainer.epoch + 1}: {figures} ({seconds:.1f}s)", flush=True)
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        """Close the bar so the traceback is not drawn over it."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _format_figures(metrics: dict[str, float]) -> str:
+    shown = [name for name in metrics if name.endswith("loss") or name.startswith("val/")]
+    return " ".join(f"{name}={metrics[name]:.4f}" for name in dict.fromkeys(shown))
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ipython = shell.get_ipython()
+    return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"

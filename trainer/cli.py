@@ -1,0 +1,211 @@
+"""The `trainer` command: fit, validate, test or predict with a job described by YAML configs.
+
+argparse reads the subcommand and its few flags; every other argument is a config override
+(`--trainer.max_epochs 3`, `--trainer.max_epochs=3` or `trainer.max_epochs=3`) handed to
+`trainer.config`, which merges, checks and builds the objects. A mistake in the input ends
+with one `error: ...` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, Job, build_job, config_to_yaml, load_config
+
+__all__ = ["build_parser", "main", "overrides_to_dotlist"]
+
+_COMMANDS = {
+    "fit": "train the model, or resume a run with --ckpt_path last",
+    "validate": "report validation metrics of a checkpoint on data.val_loader()",
+    "test": "report test metrics of a checkpoint on data.test_loader()",
+    "predict": "save predictions on data.predict_loader() to <run_dir>/predictions.pt",
+}
+_OVERRIDES_HELP = """\
+Any config key can be overridden after the flags, in any of these forms:
+  --trainer.max_epochs 3    --trainer.max_epochs=3    trainer.max_epochs=3
+  --model.hidden [256,128]  --optimizer.lr 1e-3       --scheduler null
+Values are read as YAML; lists use their index: --callbacks.0.patience 5.
+
+example:
+  trainer fit --config configs/digits_mlp.yaml --trainer.max_epochs 3
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; overrides are not declared here, `main` collects them."""
+    parser = argparse.ArgumentParser(
+        prog="trainer",
+        description="Train and evaluate PyTorch models described by YAML configs.",
+        epilog="Run `trainer COMMAND --help` for the flags and override syntax of a command.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in _COMMANDS.items():
+        command = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}.",
+            epilog=_OVERRIDES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # so `--c...` overrides are never taken for `--config`
+        )
+        command.add_argument(
+            "-c",
+            "--config",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="YAML config file; repeat it to merge later files over earlier ones",
+        )
+        command.add_argument(
+            "--ckpt_path",
+            metavar="last|best|PATH",
+            help="checkpoint to start from: the run_dir's newest (last), its best by the "
+            "monitored metric (best), or a file",
+        )
+        command.add_argument(
+            "--print_config",
+            action="store_true",
+            help="print the merged config, overrides and interpolation applied, and exit",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `trainer COMMAND ...`; returns the exit status: 0 done, 2 bad input, 130 interrupted.
+
+    Mistakes in the input are reported as one line without a traceback: the user needs the
+    key and the fix, not the frames of our code.
+    """
+    args, extras = build_parser().parse_known_args(argv)
+    try:
+        return _run(args, extras)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `trainer fit ... --ckpt_path last` resumes the run", file=sys.stderr)
+        return 130
+
+
+def overrides_to_dotlist(args: Sequence[str]) -> list[str]:
+    """Turn `--key value`, `--key=value` and `key=value` into OmegaConf dotlist entries.
+
+    The first two are what argparse users type, the last what Hydra and OmegaConf users type.
+    """
+    dotlist: list[str] = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        position += 1
+        if arg.startswith("--"):
+            key, has_value, value = arg[2:].partition("=")
+            if not has_value:
+                if position == len(args) or args[position].startswith("--"):
+                    raise ConfigError(f"--{key} has no value; write --{key} VALUE.")
+                value = args[position]
+                position += 1
+        elif "=" in arg:
+            key, _, value = arg.partition("=")
+        else:
+            raise ConfigError(
+                f"unexpected argument {arg!r}; overrides look like --trainer.max_epochs 3, "
+                "--trainer.max_epochs=3 or trainer.max_epochs=3."
+            )
+        if not key:
+            raise ConfigError(f"override {arg!r} has no key; write --section.key VALUE.")
+        dotlist.append(f"{key}={value}")
+    return dotlist
+
+
+def _run(args: argparse.Namespace, extras: list[str]) -> int:
+    if not args.config and not extras:
+        raise ConfigError(
+            f"no config given; pass --config FILE, e.g. "
+            f"trainer {args.command} --config configs/digits_mlp.yaml"
+        )
+    config = load_config(args.config, overrides_to_dotlist(extras))
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
+    ckpt_path = args.ckpt_path
+    if ckpt_path not in (None, "last", "best") and not Path(ckpt_path).is_file():
+        raise ConfigError(
+            f"--ckpt_path: no file {ckpt_path!r}; pass last, best or the path of a checkpoint."
+        )
+    if ckpt_path is None and args.command != "fit":
+        print(
+            f"note: no --ckpt_path; {args.command} uses the model as initialised. "
+            "Pass --ckpt_path last (or best, or a file) to use a trained run.",
+            file=sys.stderr,
+        )
+    _RUNNERS[args.command](build_job(config), ckpt_path)
+    return 0
+
+
+def _loader(job: Job, method: str, command: str) -> Any:
+    """Call `data.<method>()`, or say plainly that the data object cannot serve `command`."""
+    make_loader = getattr(job.data, method, None)
+    if not callable(make_loader):
+        raise ConfigError(
+            f"data: {type(job.data).__name__} has no {method}() method, which `trainer "
+            f"{command}` needs; add one or choose a data class that has it."
+        )
+    return make_loader()
+
+
+def _fit(job: Job, ckpt_path: str | None) -> None:
+    loaders = {"train_loader": _loader(job, "train_loader", "fit")}
+    if callable(getattr(job.data, "val_loader", None)):
+        loaders["val_loader"] = job.data.val_loader()
+    trainer = job.make_trainer(**loaders)
+    history = trainer.fit(ckpt_path=ckpt_path)
+    run_dir = Path(trainer.run_dir).resolve()
+    print(f"final metrics: {_format(history[-1] if history else trainer.metrics, ', ')}")
+    print(f"run files:     {run_dir}")
+    print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
+
+
+def _validate(job: Job, ckpt_path: str | None) -> None:
+    trainer = job.make_trainer(val_loader=_loader(job, "val_loader", "validate"))
+    print(_format(trainer.validate(ckpt_path=ckpt_path), "\n"))
+
+
+def _test(job: Job, ckpt_path: str | None) -> None:
+    loader = _loader(job, "test_loader", "test")
+    print(_format(job.make_trainer().test(loader, ckpt_path=ckpt_path), "\n"))
+
+
+def _predict(job: Job, ckpt_path: str | None) -> None:
+    import torch
+
+    from trainer.device import move_to_device
+
+    loader = _loader(job, "predict_loader", "predict")
+    trainer = job.make_trainer()
+    # On the CPU, the file opens on any machine, with or without the GPU it was made on.
+    predictions = move_to_device(trainer.predict(loader, ckpt_path=ckpt_path), torch.device("cpu"))
+    path = Path(trainer.run_dir).resolve() / "predictions.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(predictions, path)
+    print(f"predictions of {len(predictions)} batches saved to {path}")
+
+
+def _format(metrics: Mapping[str, Any], separator: str) -> str:
+    return separator.join(
+        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in metrics.items()
+    )
+
+
+_RUNNERS: dict[str, Callable[[Job, str | None], None]] = {
+    "fit": _fit,
+    "validate": _validate,
+    "test": _test,
+    "predict": _predict,
+}

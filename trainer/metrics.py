@@ -1,0 +1,84 @@
+"""Running means of logged values, and the metric callables the default validation step uses.
+
+Values logged with `Trainer.log` stay tensors on the device and are summed there; the host
+reads them only when a log step or an epoch end asks for a float, so logging adds no
+device-to-host sync to ordinary steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["MetricFn", "RunningMeans", "accuracy", "is_stateful_metric"]
+
+
+class MetricFn(Protocol):
+    """A metric: `(outputs, targets) -> scalar tensor`, averaged over samples by the trainer."""
+
+    def __call__(self, outputs: Any, targets: Any, /) -> torch.Tensor: ...
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose highest score is the target class."""
+    return (outputs.argmax(dim=-1) == targets).float().mean()
+
+
+def is_stateful_metric(metric: object) -> bool:
+    """True for `torchmetrics.Metric`-like objects that accumulate with update/compute/reset."""
+    return all(callable(getattr(metric, verb, None)) for verb in ("update", "compute", "reset"))
+
+
+class RunningMeans:
+    """Weighted means of named scalars, accumulated on whatever device the values live on."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor | float] = {}
+        self._weights: dict[str, float] = {}
+
+    def add(self, name: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
+        """Add `value` counted `weight` times (a batch mean counts once per sample)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        self._sums[name] = self._sums.get(name, 0.0) + value * weight
+        self._weights[name] = self._weights.get(name, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        """The mean of every name as a float; this is where the host reads the device."""
+        return {name: float(total) / self._weights[name] for name, total in self._sums.items()}
+
+    def reset(self) -> None:
+        self._sums.clear()
+        self._weights.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._sums)
+
+
+def compute_metrics(
+    metrics: Mapping[str, MetricFn | Any], outputs: Any, targets: Any
+) -> dict[str, torch.Tensor]:
+    """Evaluate plain metric callables on one batch; stateful metrics are only updated."""
+    values: dict[str, torch.Tensor] = {}
+    for name, metric in metrics.items():
+        if is_stateful_metric(metric):
+            metric.update(outputs, targets)
+        else:
+            values[name] = _as_scalar(metric(outputs, targets), f"metric {name!r}")
+    return values
+
+
+def _as_scalar(value: Any, what: str) -> torch.Tensor:
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"{what} must return a scalar tensor, got {shape}; reduce it, e.g. with .mean()."
+        )
+    return value.reshape(())
+
+
+MetricFactory = Callable[[], Mapping[str, MetricFn]]

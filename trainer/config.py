@@ -1,11 +1,10 @@
 """YAML configs for the command line: merge files and overrides, check every key, build objects.
 
 A config names each object by import path (`class_path`) with its arguments as sibling keys.
-OmegaConf merges the files and `key=value` overrides and resolves `${...}` interpolation;
-this module then checks every key against the signature of what it will be passed to, before
-anything is built, so a misspelt key fails at once with the nearest valid names instead of
-deep inside a constructor. OmegaConf is imported inside functions, so `import trainer` stays
-fast.
+OmegaConf merges the files and `key=value` overrides and resolves `${...}` interpolation; this
+module checks every key against the signature it will be passed to before anything is built,
+so a misspelt key fails at once, naming the nearest valid keys, not deep inside a constructor.
+OmegaConf is imported inside functions, so `import trainer` stays fast.
 """
 
 from __future__ import annotations
@@ -21,15 +20,7 @@ from inspect import Parameter
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = [
-    "SECTIONS",
-    "ConfigError",
-    "Job",
-    "build_job",
-    "config_to_yaml",
-    "import_path",
-    "load_config",
-]
+__all__ = ["ConfigError", "Job", "build_job", "config_to_yaml", "import_path", "load_config"]
 
 SECTIONS = (
     "seed", "model", "data", "loss_fn", "optimizer", "scheduler", "metrics", "callbacks", "trainer"
@@ -109,10 +100,8 @@ def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> d
     try:
         resolved = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
-        raise ConfigError(
-            f"{error.full_key}: the config leaves it to you (???); set it "
-            f"with --{error.full_key} VALUE."
-        ) from error
+        key = error.full_key
+        raise ConfigError(f"{key}: the config has no value (???); pass --{key} VALUE.") from error
     except OmegaConfBaseException as error:
         raise ConfigError(_first_line(error)) from error
     return resolved  # type: ignore[return-value]  # a DictConfig resolves to a dict
@@ -244,13 +233,9 @@ def _check_arguments(target: Any, arguments: Mapping[str, Any], key: str, how: H
     missing = [name for name in signature.required if name not in arguments]
     if missing:
         raise ConfigError(
-            f"{key}: {_qualified_name(target)} needs {', '.join(map(repr, missing))}; "
+            f"{key}: {getattr(target, '__qualname__', target)} needs {', '.join(map(repr, missing))}; "
             f"add {key}.{missing[0]} to the config or pass --{key}.{missing[0]} VALUE."
         )
-
-
-def _qualified_name(target: Any) -> str:
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
 
 
 def _entry(entry: Any, key: str, how: How, build: bool) -> Any:

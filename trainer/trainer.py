@@ -216,11 +216,13 @@ class Trainer:
 
     def log(self, name: str, value: torch.Tensor | float) -> None:
         """Record a scalar; it stays on the device until a log step or epoch end reads it."""
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise ValueError(
-                f"self.log({name!r}, ...) needs a scalar, got a tensor of shape "
-                f"{tuple(value.shape)}; reduce it first, e.g. with .mean()."
-            )
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(
+                    f"self.log({name!r}, ...) needs a scalar, got a tensor of shape "
+                    f"{tuple(value.shape)}; reduce it first, e.g. with .mean()."
+                )
+            value = value.detach()
         if self._phase == "train":
             self._step_logs[name] = value
             self._train_means.add(name, value, self.last_batch_size)

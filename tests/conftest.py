@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny MLP, real digits loaders, and a fresh run folder per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainer import Trainer
+from trainer.data import DigitsData
+from trainer.metrics import accuracy
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_quiet_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep tests off each other's cores and keep stray `runs/` folders out of the repo."""
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def digits() -> DigitsData:
+    """The embedded digits split (loaded once per session)."""
+    return DigitsData(batch_size=64)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+def make_mlp(seed: int = 0, dropout: float = 0.0, in_features: int = 64) -> nn.Module:
+    """A small MLP with reproducible initial weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(in_features, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 10)
+    )
+
+
+def make_loader(
+    n: int = 40, batch_size: int = 8, shuffle: bool = False, seed: int = 0, features: int = 64
+) -> DataLoader:
+    """Random classification data: `n` samples of `features` inputs and 10 classes."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, features, generator=generator)
+    targets = torch.randint(0, 10, (n,), generator=generator)
+    return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle)
+
+
+def make_trainer(run_dir: Path, model: nn.Module | None = None, **overrides: Any) -> Trainer:
+    """A quiet Trainer on random data; every keyword of Trainer can be overridden."""
+    model = model if model is not None else make_mlp()
+    options: dict[str, Any] = {
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+        "loss_fn": nn.CrossEntropyLoss(),
+        "train_loader": make_loader(),
+        "val_loader": make_loader(n=20, seed=1),
+        "metrics": {"acc": accuracy},
+        "max_epochs": 2,
+        "run_dir": run_dir,
+        "progress_bar": False,
+        "logger": False,
+        "checkpoint": False,
+        "device": "cpu",
+    }
+    options.update(overrides)
+    return Trainer(model, **options)
+
+
+@pytest.fixture
+def trainer_factory(run_dir: Path) -> Callable[..., Trainer]:
+    """Build quiet trainers writing under this test's run folder."""
+    return lambda model=None, **overrides: make_trainer(run_dir, model, **overrides)

@@ -46,11 +46,14 @@ def fitted_run(
 def test_fit_prints_a_summary_and_writes_events(fitted_run: tuple) -> None:
     run_dir, result = fitted_run
     assert result.returncode == 0, result.stderr
-    assert "final metrics: epoch" in result.stdout and "val/acc" in result.stdout
+    assert "trained:       2 epochs" in result.stdout
+    assert "final metrics: train/loss" in result.stdout and "val/acc" in result.stdout
     assert f"run files:     {run_dir.resolve()}" in result.stdout
     assert f"tensorboard --logdir {run_dir.resolve()}" in result.stdout
     assert list(run_dir.rglob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    saved = (run_dir / "config.yaml").read_text()
+    assert "max_epochs: 2" in saved and "T_max: 2" in saved
 
 
 def test_validate_reports_metrics_of_the_last_checkpoint(fitted_run: tuple) -> None:
@@ -60,9 +63,10 @@ def test_validate_reports_metrics_of_the_last_checkpoint(fitted_run: tuple) -> N
     assert "val/loss" in result.stdout and "val/acc" in result.stdout
 
 
-def test_test_reports_test_metrics(fitted_run: tuple) -> None:
+def test_test_reruns_a_run_from_its_saved_config(fitted_run: tuple) -> None:
     run_dir, _ = fitted_run
-    result = run_cli("test", *job_args(run_dir, "--ckpt_path", "last"))
+    saved = run_dir / "config.yaml"
+    result = run_cli("test", "-c", saved, "--trainer.progress_bar=false", "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr
     assert "test/loss" in result.stdout and "test/acc" in result.stdout
 
@@ -125,3 +129,20 @@ def test_missing_config_is_a_clear_error() -> None:
     result = run_cli("fit")
     assert result.returncode == 2
     assert "error: no config given; pass --config FILE" in result.stderr
+
+
+def test_user_data_class_without_a_test_loader_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "train_only.py").write_text(
+        "from trainer.data import DigitsData\n\n\n"
+        "class TrainOnly:\n"
+        "    def train_loader(self):\n"
+        "        return DigitsData().train_loader()\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {class_path: trainer.models.MLP}\ndata: {class_path: train_only.TrainOnly}\n"
+    )
+    result = run_cli("test", "-c", config, cwd=tmp_path)  # the folder is on sys.path for -m
+    assert result.returncode == 2
+    assert "data: TrainOnly has no test_loader() method" in result.stderr
+    assert "Traceback" not in result.stderr

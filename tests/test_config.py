@@ -91,7 +91,7 @@ def test_optimizer_and_scheduler_become_callables_the_trainer_completes() -> Non
     assert isinstance(make_optimizer, functools.partial)
     optimizer = make_optimizer(job.model.parameters())
     assert isinstance(optimizer, torch.optim.AdamW)
-    assert optimizer.defaults["lr"] == pytest.approx(0.003)
+    assert optimizer.defaults["lr"] == pytest.approx(0.002)
     scheduler = make_scheduler(optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert scheduler.T_max == 4

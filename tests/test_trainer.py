@@ -77,9 +77,8 @@ def test_hooks_fire_in_the_documented_order(run_dir: Path) -> None:
                          train_loader=make_loader(n=24, batch_size=8), log_every_n_steps=2)
     again.fit(ckpt_path="last")
     assert resumed.calls[:2] == ["on_load_checkpoint", "on_fit_start"]
-    assert resumed.calls[2:] == _expected_epoch(3, 2, first_step=6, with_save=False) + [
-        "on_fit_end"
-    ]
+    expected_after = _expected_epoch(3, 2, first_step=6, with_save=False)
+    assert resumed.calls[2:] == [*expected_after, "on_fit_end"]
 
 
 def test_every_hook_is_documented_in_the_loop_pseudocode() -> None:
@@ -228,7 +227,8 @@ def test_a_short_last_accumulation_window_still_steps_as_a_batch_mean(run_dir: P
     torch.manual_seed(0)
     reference = nn.Linear(4, 1)
     generator = torch.Generator().manual_seed(1)
-    inputs, targets = torch.randn(40, 4, generator=generator), torch.randn(40, 1, generator=generator)
+    inputs = torch.randn(40, 4, generator=generator)
+    targets = torch.randn(40, 1, generator=generator)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     for start, stop in ((0, 15), (15, 30), (30, 40)):
         optimizer.zero_grad()
@@ -417,7 +417,7 @@ def test_an_optimizer_factory_gets_the_models_parameters(run_dir: Path) -> None:
 
 
 def test_a_research_script_written_from_the_api_contract(digits: Any, run_dir: Path) -> None:
-    """Subclass, override training_step with an extra log, pass a callback, fit, validate, predict."""
+    """Subclass with an extra self.log in training_step, add a callback; fit, validate, predict."""
 
     class MyTrainer(Trainer):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -164,10 +164,15 @@ def _fit(job: Job, ckpt_path: str | None) -> None:
     if callable(getattr(job.data, "val_loader", None)):
         loaders["val_loader"] = job.data.val_loader()
     trainer = job.make_trainer(**loaders)
-    history = trainer.fit(ckpt_path=ckpt_path)
     run_dir = Path(trainer.run_dir).resolve()
-    print(f"final metrics: {_format(history[-1] if history else trainer.metrics, ', ')}")
-    print(f"run files:     {run_dir}")
+    # The run folder records exactly what produced it, overrides included.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
+    history = trainer.fit(ckpt_path=ckpt_path)
+    final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
+    print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
+    print(f"final metrics: {_format(final, ', ')}")
+    print(f"run files:     {run_dir} (config.yaml, checkpoints/, TensorBoard events)")
     print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
 
 

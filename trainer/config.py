@@ -52,6 +52,7 @@ class Job:
     model: Any
     data: Any
     trainer_kwargs: dict[str, Any]
+    config: Mapping[str, Any]  # the resolved config it was built from, saved with the run
 
     def make_trainer(self, **loaders: Any) -> Any:
         """Construct the Trainer; its argument checks are reported like config mistakes."""
@@ -148,7 +149,7 @@ def import_path(path: Any, key: str) -> Any:
             names = dict.fromkeys([*dir(target), *(module.name for module in submodules)])
             close = _close(name, list(names), owner)
             raise ConfigError(
-                f"{key}: cannot import {path!r}: {owner!r} has no attribute {name!r}.{close}"
+                f"{key}: cannot import {path!r}: {owner!r} has no attribute {name!r}{close}."
             )
         target, owner = getattr(target, name), f"{owner}.{name}"
     return target
@@ -163,14 +164,14 @@ def _import_longest_module(parts: list[str], key: str) -> tuple[Any, int]:
             if error.name is None or not f"{name}.".startswith(f"{error.name}."):
                 raise ConfigError(f"{key}: importing {name!r} failed: {error}") from error
     close = _close(parts[0], [module.name for module in pkgutil.iter_modules()])
-    raise ConfigError(f"{key}: cannot import {'.'.join(parts)!r}: no module {parts[0]!r}.{close}")
+    raise ConfigError(f"{key}: cannot import {'.'.join(parts)!r}: no module {parts[0]!r}{close}.")
 
 
 def _close(name: str, candidates: Sequence[str], prefix: str = "") -> str:
     matches = difflib.get_close_matches(name, candidates, n=3)
     if not matches:
         return ""
-    return " Did you mean " + " or ".join(repr(_join(prefix, match)) for match in matches) + "?"
+    return " (did you mean " + " or ".join(repr(_join(prefix, match)) for match in matches) + "?)"
 
 
 def _join(prefix: str, name: object) -> str:
@@ -182,8 +183,8 @@ def _check_known(mapping: Mapping[Any, Any], valid: Sequence[str], prefix: str) 
         if name not in valid:
             listing = ", ".join(_join(prefix, choice) for choice in sorted(valid))
             raise ConfigError(
-                f"unknown key {_join(prefix, name)!r}.{_close(str(name), valid, prefix)} "
-                f"Valid keys: {listing}."
+                f"unknown key {_join(prefix, name)!r}{_close(str(name), valid, prefix)}; "
+                f"fix or remove it. Valid keys: {listing}."
             )
 
 
@@ -213,10 +214,9 @@ def _signature(target: Any, skip_first: bool) -> _Signature | None:
 
 def _split_entry(entry: Any, key: str) -> tuple[Any, dict[str, Any]]:
     if not isinstance(entry, Mapping) or "class_path" not in entry:
-        hint = _close("class_path", list(entry)) if isinstance(entry, Mapping) else ""
         raise ConfigError(
             f"{key}: expected a mapping with 'class_path' (an import path such as "
-            f"trainer.models.MLP) and its arguments as sibling keys; got {entry!r}.{hint}"
+            f"trainer.models.MLP) and its arguments as sibling keys; got {entry!r}."
         )
     arguments = {name: value for name, value in entry.items() if name != "class_path"}
     return import_path(entry["class_path"], f"{key}.class_path"), arguments
@@ -232,8 +232,9 @@ def _check_arguments(target: Any, arguments: Mapping[str, Any], key: str, how: H
         return  # a function becomes a partial; whoever calls it supplies the rest
     missing = [name for name in signature.required if name not in arguments]
     if missing:
+        name = getattr(target, "__qualname__", target)
         raise ConfigError(
-            f"{key}: {getattr(target, '__qualname__', target)} needs {', '.join(map(repr, missing))}; "
+            f"{key}: {name} needs {', '.join(map(repr, missing))}; "
             f"add {key}.{missing[0]} to the config or pass --{key}.{missing[0]} VALUE."
         )
 
@@ -328,8 +329,8 @@ def build_job(config: Mapping[str, Any]) -> Job:
     model allocated; seeding torch before the model is built makes its initial weights repeat.
     """
     _check_top_level(config)
-    _trainer_section(config.get("trainer"), build=False)
     _sections(config, build=False)
+    _trainer_section(config.get("trainer"), build=False)
     seed = config.get("seed")
     if seed is not None:
         import torch
@@ -340,4 +341,4 @@ def build_job(config: Mapping[str, Any]) -> Job:
     trainer_kwargs |= {name: objects[name] for name in objects if name not in ("model", "data")}
     if seed is not None:
         trainer_kwargs["seed"] = seed
-    return Job(trainer_class, objects["model"], objects["data"], trainer_kwargs)
+    return Job(trainer_class, objects["model"], objects["data"], trainer_kwargs, config)

@@ -85,7 +85,8 @@ class ProgressBar(Callback):
             self._bar = None
         else:
             seconds = time.monotonic() - self._epoch_start
-            print(f"epoch {trainer.epoch + 1}: {figures} ({seconds:.1f}s)", flush=True)
+            total = trainer.max_epochs or "?"
+            print(f"Epoch {trainer.epoch + 1}/{total}: {figures} ({seconds:.2f}s)", flush=True)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """Close the bar so the traceback is not drawn over it."""

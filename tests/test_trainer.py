@@ -134,7 +134,11 @@ def test_default_job_learns_the_digits(digits: Any, run_dir: Path) -> None:
     assert history[-1]["val/acc"] >= 0.95
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert set(history[-1]) >= {"epoch", "train/loss", "val/loss", "val/acc", "lr"}
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    per_epoch = trainer.global_step // 12
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+        f"last-epoch=10-step={11 * per_epoch}.ckpt",
+        f"last-epoch=11-step={12 * per_epoch}.ckpt",
+    ]
     assert list(run_dir.glob("events.out.tfevents.*"))
 
 

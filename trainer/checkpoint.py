@@ -1,15 +1,21 @@
-"""Writing checkpoints so a crash never leaves a broken one, reading them without running
-code, finding `"last"` / `"best"`, and capturing the random number generators.
+"""Checkpoint files: crash-safe writing, loading that cannot run code, and finding
+`"last"` / `"best"` among a run's files.
 
-A checkpoint is a dict of tensors and plain data, written to a temporary file in the same
-folder, flushed to disk and renamed into place, and read back with
-`torch.load(weights_only=True)`, which cannot execute code from the file.
+A checkpoint is one safetensors file: the tensors are stored as safetensors tensors, and
+everything else (counts, names, lists, dicts) as JSON text in its header, next to a SHA-256
+of both. Neither format can name a class or function, so opening a checkpoint never
+executes code. Writes go to a temporary file in the same folder, are flushed and renamed
+into place, so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,32 +25,68 @@ import torch
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointError",
     "capture_rng_states",
+    "export_weights",
+    "find_checkpoint",
+    "last_checkpoint_name",
     "load_checkpoint",
-    "resolve_checkpoint_path",
+    "load_model_weights",
     "restore_rng_states",
+    "rotate_last_checkpoints",
     "save_checkpoint",
 ]
 
+FORMAT_NAME = "trainer-checkpoint"
 FORMAT_VERSION = 1
-LAST_NAME = "last.ckpt"
+_NAME_PATTERN = re.compile(r"epoch=(\d+)-step=(\d+)")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, truncated, or of another format."""
+
+
+# ------------------------------------------------------------------------------------ writing
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write `checkpoint` to `path` atomically: the old file stays whole until the new one is."""
-    path = Path(path)
+    """Write `checkpoint` (tensors and plain data) to `path` atomically, with a checksum."""
+    tensors: dict[str, torch.Tensor] = {}
+    content = _encode(checkpoint, "", tensors, set())
+    text = json.dumps(content)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "content": text,
+        "sha256": _digest(text, tensors),
+    }
+    return _write_atomically(Path(path), tensors, metadata)
+
+
+def export_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write the model's weights alone as a standard `.safetensors` file for inference."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        tensors[name] = _storable(tensor, seen)
+    return _write_atomically(Path(path), tensors, {"format": "pt"})
+
+
+def _write_atomically(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Path:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
+        save_file(tensors, temporary, metadata=metadata)
+        with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise OSError(
+            raise CheckpointError(
                 f"could not save checkpoint {path}: {error.strerror or error}. Free disk space "
                 "or fix the folder's permissions; earlier checkpoints are intact."
             ) from error
@@ -54,7 +96,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (not supported on every platform)."""
+    """Make the rename itself durable (not every platform supports it)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -67,52 +109,196 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; never unpickles arbitrary objects."""
+def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor], seen: set[int]) -> Any:
+    """Turn nested containers into JSON, moving tensors into `tensors` under their path."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = _storable(value, seen)
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        return _encode(torch.from_numpy(value.copy()), key, tensors, seen)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_encode(v, f"{key}/{i}", tensors, seen) for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            prefix = f"{key}/" if key else ""
+            return {k: _encode(v, prefix + k, tensors, seen) for k, v in value.items()}
+        pairs = [[k, v] for k, v in value.items()]
+        return {"__items__": _encode(pairs, f"{key}/items", tensors, seen)}
+    raise TypeError(
+        f"checkpoint entry {key!r} is a {type(value).__name__}; checkpoints hold only tensors, "
+        "numbers, strings, booleans, None, lists, tuples and dicts. Convert it in the "
+        "state_dict() that produced it."
+    )
+
+
+def _storable(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """A dense, contiguous CPU tensor that shares memory with no other stored tensor."""
+    tensor = tensor.detach()
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    tensor = tensor.cpu().contiguous()
+    storage = tensor.untyped_storage().data_ptr()
+    if storage in seen and tensor.numel():
+        tensor = tensor.clone()
+        storage = tensor.untyped_storage().data_ptr()
+    seen.add(storage)
+    return tensor
+
+
+def _digest(text: str, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(text.encode())
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        flat = tensors[key].reshape(-1)
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ reading
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, verifying its checksum; tensors on CPU."""
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"checkpoint {path} does not exist.")
     if path.is_dir():
-        raise IsADirectoryError(
-            f"checkpoint {path} is a folder; pass a .ckpt file, or 'last' / 'best' with run_dir."
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; pass a .ckpt file, or 'last' / 'best' to read "
+            "the run's checkpoints/ folder."
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:
-        raise ValueError(
-            f"checkpoint {path} cannot be read safely ({type(error).__name__}: {error}). It is "
-            "corrupt, truncated, or holds objects other than tensors and plain data."
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a checkpoint "
+            f"({type(error).__name__}: {error})."
         ) from error
-    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise ValueError(f"{path} is not a trainer checkpoint (no format_version).")
-    if checkpoint["format_version"] > FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path} has format {checkpoint['format_version']}, newer than this "
-            f"version of trainer reads ({FORMAT_VERSION}); upgrade trainer."
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is a safetensors file but not a trainer checkpoint.")
+    version = int(metadata.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version}, newer than this trainer reads "
+            f"({FORMAT_VERSION}); upgrade trainer to load it."
         )
-    return checkpoint
+    text = metadata.get("content", "")
+    if _digest(text, tensors) != metadata.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not match.")
+    return _decode(json.loads(text), tensors)
 
 
-def resolve_checkpoint_path(ckpt_path: str | Path, checkpoint_dir: Path) -> Path | None:
-    """Turn `"last"`, `"best"` or a path into a file; None when `"last"` finds nothing yet."""
-    if ckpt_path == "last":
-        last = checkpoint_dir / LAST_NAME
-        return last if last.exists() else None
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__tuple__" in value:
+        return tuple(_decode(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return dict(_decode(value["__items__"], tensors))
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def load_model_weights(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path | str
+) -> None:
+    """Load weights into `model`, naming every entry whose shape or presence does not match."""
+    own = model.state_dict()
+    mismatched = [
+        f"{name}: checkpoint {tuple(weights[name].shape)} vs model {tuple(tensor.shape)}"
+        for name, tensor in own.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing:
+        mismatched.append(f"missing in checkpoint: {', '.join(missing)}")
+    if unexpected:
+        mismatched.append(f"not in model: {', '.join(unexpected)}")
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({'; '.join(mismatched)}). Build the "
+            "model with the same architecture as the run that saved it."
+        )
+    model.load_state_dict(weights)
+
+
+# --------------------------------------------------------------------------- finding files
+def last_checkpoint_name(epoch: int, step: int) -> str:
+    """File name of a last-state checkpoint: carries the epoch (from 0) and optimizer step."""
+    return f"last-epoch={epoch}-step={step}.ckpt"
+
+
+def _newest_first(folder: Path, pattern: str = "*.ckpt") -> list[Path]:
+    """Checkpoint files by recency: optimizer step, then last-state before ranked, then mtime."""
+
+    def recency(path: Path) -> tuple[int, int, bool, float]:
+        match = _NAME_PATTERN.search(path.name)
+        epoch, step = (int(match[1]), int(match[2])) if match else (-1, -1)
+        return step, epoch, path.name.startswith("last"), path.stat().st_mtime
+
+    files = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
+    return sorted(files, key=recency, reverse=True)
+
+
+def find_checkpoint(ckpt_path: str | Path, folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """Resolve `"last"`, `"best"` or a path to a loaded checkpoint; None if `"last"` finds none.
+
+    `"last"` takes the newest file in `folder` that loads and passes its checksum, telling
+    on stderr which newer files it skipped and why.
+    """
+    if ckpt_path not in ("last", "best"):
+        return Path(ckpt_path), load_checkpoint(ckpt_path)
+    candidates = _newest_first(folder) if folder.is_dir() else []
+    problems = []
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            problems.append(f"{path.name}: {error}")
+            print(f"Skipping checkpoint {path}: {error}", file=sys.stderr)
+            continue
+        if ckpt_path == "last":
+            return path, checkpoint
+        return _best_of(checkpoint, folder)
+    if problems:
+        raise CheckpointError(
+            f"no valid checkpoint in {folder}:\n  " + "\n  ".join(problems)
+        )
     if ckpt_path == "best":
-        last = checkpoint_dir / LAST_NAME
-        best = None
-        if last.exists():
-            states = load_checkpoint(last).get("callbacks", {})
-            best = states.get("ModelCheckpoint", {}).get("best_model_path")
-        if not best:
-            raise FileNotFoundError(
-                f"no best checkpoint recorded under {checkpoint_dir}; 'best' needs a "
-                "ModelCheckpoint with monitor=... in a previous run of this run_dir."
-            )
-        return Path(best)
-    return Path(ckpt_path)
+        raise CheckpointError(f"no checkpoint in {folder}, so no best one either.")
+    return None
 
 
+def _best_of(checkpoint: dict[str, Any], folder: Path) -> tuple[Path, dict[str, Any]]:
+    states = checkpoint.get("callbacks", {})
+    best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), "")
+    if not best:
+        raise CheckpointError(
+            f"no best checkpoint recorded in {folder}; 'best' needs a "
+            "ModelCheckpoint(monitor=...) in the run that saved it."
+        )
+    return Path(best), load_checkpoint(best)
+
+
+def rotate_last_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the `keep` newest last-state checkpoints of `folder` (only there)."""
+    for path in _newest_first(folder, "last-*.ckpt")[keep:]:
+        path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------- random number generators
 def capture_rng_states() -> dict[str, Any]:
     """The state of every random number generator the loop draws from, as plain data."""
     version, mt_state, gauss = random.getstate()
@@ -122,7 +308,7 @@ def capture_rng_states() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
@@ -133,6 +319,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(mt_state), gauss))
     kind, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"].cpu())
+    torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+        torch.cuda.set_rng_state_all(list(states["cuda"]))

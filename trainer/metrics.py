@@ -7,7 +7,7 @@ device-to-host sync to ordinary steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
@@ -49,6 +49,12 @@ class RunningMeans:
         """The mean of every name as a float; this is where the host reads the device."""
         return {name: float(total) / self._weights[name] for name, total in self._sums.items()}
 
+    def mean(self, name: str) -> float | None:
+        """The mean of one name, or None if it was never added."""
+        if name not in self._sums:
+            return None
+        return float(self._sums[name]) / self._weights[name]
+
     def reset(self) -> None:
         self._sums.clear()
         self._weights.clear()
@@ -80,5 +86,3 @@ def _as_scalar(value: Any, what: str) -> torch.Tensor:
         )
     return value.reshape(())
 
-
-MetricFactory = Callable[[], Mapping[str, MetricFn]]

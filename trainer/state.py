@@ -22,6 +22,7 @@ class TrainState:
         global_step: optimizer steps done since the run began.
         batches_in_epoch: training batches already consumed in the current epoch.
         should_stop: set by anyone to end the run after the current step.
+        skipped_batches: batches left out for a non-finite loss (`nan_policy="skip"`).
         metrics: the latest value of every logged name, as floats.
     """
 
@@ -29,6 +30,7 @@ class TrainState:
     global_step: int = 0
     batches_in_epoch: int = 0
     should_stop: bool = False
+    skipped_batches: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
@@ -41,4 +43,5 @@ class TrainState:
         self.global_step = int(state["global_step"])
         self.batches_in_epoch = int(state["batches_in_epoch"])
         self.should_stop = bool(state["should_stop"])
+        self.skipped_batches = int(state.get("skipped_batches", 0))
         self.metrics = {str(name): float(value) for name, value in state["metrics"].items()}

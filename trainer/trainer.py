@@ -5,12 +5,15 @@ default steps, and the training loop itself, in plain Python a reader follows to
 from __future__ import annotations
 
 import contextlib
+import math
 import random
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,20 +25,38 @@ from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
 from trainer.checkpoint import (
-    FORMAT_VERSION,
+    CheckpointError,
     capture_rng_states,
-    load_checkpoint,
-    resolve_checkpoint_path,
+    export_weights,
+    find_checkpoint,
+    last_checkpoint_name,
+    load_model_weights,
     restore_rng_states,
+    rotate_last_checkpoints,
     save_checkpoint,
 )
 from trainer.device import batch_size_of, move_to_device, resolve_device
 from trainer.metrics import RunningMeans, compute_metrics, is_stateful_metric
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
 from trainer.precision import Precision
+from trainer.preemption import PreemptionWatch, exit_code_for
+from trainer.sampling import (
+    ResumableSampler,
+    check_same_data,
+    data_position,
+    make_resumable,
+    why_not_resumable,
+)
 from trainer.state import TrainState
 
-__all__ = ["Trainer", "seed_everything"]
+__all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
+
+NanPolicy = Literal["raise", "skip"]
+NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 class Trainer:
@@ -104,6 +125,7 @@ class Trainer:
         progress_bar: bool | ProgressBar = True,
         logger: bool | TensorBoardLogger = True,
         checkpoint: bool | ModelCheckpoint = True,
+        nan_policy: str = "raise",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -112,6 +134,9 @@ class Trainer:
         _check_positive_int("log_every_n_steps", log_every_n_steps)
         if gradient_clip_val is not None and not gradient_clip_val > 0:
             raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy={nan_policy!r} is not supported; use 'raise' or 'skip'.")
+        self.nan_policy = nan_policy
         if seed is not None:
             seed_everything(seed)
         self.device = resolve_device(device)
@@ -148,6 +173,12 @@ class Trainer:
         self._eval_means = RunningMeans()
         self._epoch_done = False
         self._last_logged_step = -1
+        self._sampler: ResumableSampler | None = None
+        self._epoch_start_rng: torch.Tensor | None = None
+        self._resume_point: dict[str, Any] | None = None
+        self._preemption = PreemptionWatch()
+        self._warned_inexact = False
+        self._last_finite_step = 0
 
     # ----------------------------------------------------------------- state a callback reads
     @property
@@ -243,10 +274,12 @@ class Trainer:
         if self.optimizer is None:
             self._set_optimization(*_split_optimization(self.configure_optimizers()))
         self.state.should_stop = False
+        if why_not_resumable(self.train_loader) is None:
+            self.train_loader, self._sampler = make_resumable(self.train_loader)
         if ckpt_path is not None:
             self._resume(ckpt_path)
         history: list[dict[str, float]] = []
-        with _kept_module_modes(self.model):
+        with _kept_module_modes(self.model), self._preemption:
             if not self.model.training:
                 self.model.train()
             try:
@@ -288,10 +321,8 @@ class Trainer:
         self._epoch_done = False
         self._step_logs.clear()
         first = self.state.batches_in_epoch
-        # TODO(#3): restore the sampler position instead of drawing the consumed batches.
-        batches = islice(self.train_loader, first, None)
         is_exhausted = True
-        for batch_idx, batch in enumerate(batches, start=first):
+        for batch_idx, batch in enumerate(self._epoch_batches(first), start=first):
             batch = move_to_device(batch, self.device)
             self.last_batch_size = batch_size_of(batch) or 1
             self._phase = "train"
@@ -302,18 +333,41 @@ class Trainer:
             if self.state.should_stop or self._is_step_limit_reached():
                 is_exhausted = self.state.batches_in_epoch == self.num_train_batches
                 break
+            if self._preemption.received is not None and self._is_step_boundary():
+                self._save_and_exit(self._preemption.received)
         if is_exhausted:
             self._finish_epoch(first)
         return self._end_train_epoch()
+
+    def _epoch_batches(self, first: int) -> Iterator[Any]:
+        """This epoch's batches; a resumed epoch starts at `first` without loading earlier ones."""
+        resume, self._resume_point = self._resume_point, None
+        if not first or resume is None:
+            self._epoch_start_rng = torch.get_rng_state()
+            return iter(self.train_loader)
+        if self._sampler is None:  # warned about when the checkpoint was saved
+            return islice(iter(self.train_loader), first, None)
+        # Start the iterator from the epoch's own random state (its worker seeds come from
+        # there), have the sampler skip the consumed indices, then continue from the
+        # checkpoint's random state.
+        data = resume["data"]
+        self._epoch_start_rng = data["epoch_start_rng"]
+        torch.set_rng_state(self._epoch_start_rng)
+        self._sampler.resume_at(data["epoch_order"], first * data["batch_size"])
+        batches = iter(self.train_loader)
+        restore_rng_states(resume["rng"])
+        return batches
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         with self.precision.autocast():
             outputs = _as_step_outputs(self.training_step(batch, batch_idx))
         loss = outputs["loss"]
         scale = self.accumulate_grad_batches
-        self.precision.backward(loss / scale if scale > 1 else loss)
-        outputs["loss"] = loss = loss.detach()
-        self.log("train/loss", loss)
+        # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
+        if self.nan_policy != "skip" or self._is_finite_or_skipped(loss):
+            self.precision.backward(loss / scale if scale > 1 else loss)
+            self.log("train/loss", loss)
+        outputs["loss"] = loss.detach()
         self.state.batches_in_epoch += 1
         is_last = self.state.batches_in_epoch == self.num_train_batches
         if (batch_idx + 1) % scale == 0 or is_last:
@@ -353,6 +407,7 @@ class Trainer:
 
     def _end_train_epoch(self) -> dict[str, float]:
         train_figures = self._train_means.means()
+        self._check_finite_loss(train_figures.get("train/loss"))
         self.state.metrics.update(train_figures)
         record = {"epoch": float(self.state.epoch), **train_figures}
         if self.val_loader is not None:
@@ -429,10 +484,37 @@ class Trainer:
     def _log_step_figures(self) -> None:
         """Read this step's logged values from the device and hand them to loggers."""
         figures = {name: float(value) for name, value in self._step_logs.items()}
+        self._check_finite_loss(figures.get("train/loss"))
         figures |= learning_rates(self.optimizer)
         self.state.metrics.update(figures)
         self._last_logged_step = self.state.global_step
         self.callbacks.call("on_log", self, figures, self.state.global_step)
+
+    def _check_finite_loss(self, loss: float | None) -> None:
+        """Raise for a NaN/inf loss; checked where the loss is read anyway, so it costs no sync."""
+        if loss is None or math.isfinite(loss) or self.nan_policy != "raise":
+            self._last_finite_step = self.state.global_step
+            return
+        raise NonFiniteLossError(
+            f"the training loss is {loss} at optimizer step {self.state.global_step} (epoch "
+            f"{self.state.epoch}); it was finite up to step {self._last_finite_step}. Look at the "
+            "learning rate (too high diverges), the data (NaN or inf inputs?) and the loss "
+            "(log of 0, division by 0). log_every_n_steps=1 finds the exact step; "
+            "nan_policy='skip' skips such batches. Checkpoints saved so far are intact."
+        )
+
+    def _is_finite_or_skipped(self, loss: torch.Tensor) -> bool:
+        if bool(torch.isfinite(loss)):
+            return True
+        if not self.state.skipped_batches:
+            warnings.warn(
+                f"skipping a batch with a non-finite loss ({float(loss)}) at optimizer step "
+                f"{self.state.global_step} (nan_policy='skip'); trainer.state.skipped_batches "
+                "counts them.",
+                stacklevel=2,
+            )
+        self.state.skipped_batches += 1
+        return False
 
     def _step_scheduler_on_epoch(self) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":
@@ -446,6 +528,10 @@ class Trainer:
     def _is_step_limit_reached(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
+    def _is_step_boundary(self) -> bool:
+        done = self.state.batches_in_epoch
+        return done % self.accumulate_grad_batches == 0 or done == self.num_train_batches
+
     def _is_finished(self) -> bool:
         out_of_epochs = self.max_epochs is not None and self.state.epoch >= self.max_epochs
         return self.state.should_stop or out_of_epochs or self._is_step_limit_reached()
@@ -453,29 +539,64 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save everything needed to continue this run to `path`, atomically."""
+        self._check_finite_loss(self._train_means.mean("train/loss"))
         state = self.state.state_dict()
         if self._epoch_done:  # saved at an epoch's end: resume at the next epoch's start
             state |= {"epoch": self.state.epoch + 1, "batches_in_epoch": 0}
+        elif state["batches_in_epoch"]:
+            self._warn_if_inexact_mid_epoch()
         checkpoint: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "precision": self.precision.state_dict(),
             "state": state,
             "rng": capture_rng_states(),
+            "data": data_position(self.train_loader, self._sampler, self._epoch_start_rng),
             "callbacks": self.callbacks.state_dicts(),
         }
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         return save_checkpoint(checkpoint, path)
 
+    def export_weights(self, path: str | Path) -> Path:
+        """Write the model's weights alone as a `.safetensors` file, for inference and sharing."""
+        return export_weights(self.model, path)
+
+    def _save_and_exit(self, signum: int) -> None:
+        """Preemption: save the last state at this step boundary, then exit with 128 + signum."""
+        path = self.save_checkpoint(
+            self.checkpoint_dir / last_checkpoint_name(self.state.epoch, self.state.global_step)
+        )
+        rotate_last_checkpoints(self.checkpoint_dir, keep=2)
+        print(
+            f"Received signal {signum}: saved {path} at optimizer step {self.state.global_step}. "
+            "Resume with fit(ckpt_path='last') or trainer fit ... --ckpt_path last.",
+            file=sys.stderr,
+        )
+        raise SystemExit(exit_code_for(signum))
+
+    def _warn_if_inexact_mid_epoch(self) -> None:
+        reason = why_not_resumable(self.train_loader)
+        if reason is None or self._warned_inexact:
+            return
+        self._warned_inexact = True
+        warnings.warn(
+            f"this checkpoint is saved mid-epoch, but the train_loader cannot resume there "
+            f"exactly: {reason}. A resumed run will draw and discard the consumed batches, and "
+            "their order may differ. Use a torch DataLoader (shuffle=True or False) for exact "
+            "resume, or save only at epoch ends.",
+            stacklevel=3,
+        )
+
     def _resume(self, ckpt_path: str | Path) -> None:
-        path = resolve_checkpoint_path(ckpt_path, self.checkpoint_dir)
-        if path is None:
+        found = find_checkpoint(ckpt_path, self.checkpoint_dir)
+        if found is None:
             print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
             return
-        checkpoint = load_checkpoint(path, map_location=self.device)
-        _load_model_weights(self.model, checkpoint["model"], path)
+        path, checkpoint = found
+        load_model_weights(self.model, checkpoint["model"], path)
+        if checkpoint["state"]["batches_in_epoch"]:
+            check_same_data(checkpoint["data"], self.train_loader, path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint["scheduler"]:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -483,15 +604,16 @@ class Trainer:
         self.state.load_state_dict(checkpoint["state"])
         self.callbacks.load_state_dicts(checkpoint["callbacks"])
         restore_rng_states(checkpoint["rng"])
+        self._resume_point = checkpoint
         self.callbacks.call("on_load_checkpoint", self, checkpoint)
 
     def _load_weights(self, ckpt_path: str | Path | None) -> None:
         if ckpt_path is None:
             return
-        path = resolve_checkpoint_path(ckpt_path, self.checkpoint_dir)
-        if path is None:
-            raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir} to load.")
-        _load_model_weights(self.model, load_checkpoint(path, self.device)["model"], path)
+        found = find_checkpoint(ckpt_path, self.checkpoint_dir)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} to load.")
+        load_model_weights(self.model, found[1]["model"], found[0])
 
     # -------------------------------------------------------------------------- set-up helpers
     def _set_optimization(self, optimizer: Any, scheduler: Any) -> None:
@@ -647,29 +769,6 @@ def _scale_gradients(optimizer: torch.optim.Optimizer, factor: float) -> None:
         for parameter in group["params"]:
             if parameter.grad is not None:
                 parameter.grad.mul_(factor)
-
-
-def _load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Load weights, naming every parameter whose shape or presence does not match."""
-    own = model.state_dict()
-    mismatched = [
-        f"{name}: checkpoint {tuple(weights[name].shape)} vs model {tuple(tensor.shape)}"
-        for name, tensor in own.items()
-        if name in weights and weights[name].shape != tensor.shape
-    ]
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    if mismatched or missing or unexpected:
-        details = "; ".join(
-            mismatched
-            + ([f"missing in checkpoint: {', '.join(missing)}"] if missing else [])
-            + ([f"not in model: {', '.join(unexpected)}"] if unexpected else [])
-        )
-        raise ValueError(
-            f"checkpoint {path} does not fit this model ({details}). Build the model with the "
-            "same architecture as the run that saved it."
-        )
-    model.load_state_dict(weights)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
 from trainer.callbacks.monitor import Monitor
-from trainer.checkpoint import LAST_NAME
+from trainer.checkpoint import last_checkpoint_name, rotate_last_checkpoints
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -23,10 +23,13 @@ class ModelCheckpoint(Callback):
         monitor: metric that ranks checkpoints, such as `"val/loss"`; None keeps no ranking.
         mode: `"min"` or `"max"` for `monitor`.
         save_top_k: how many ranked checkpoints to keep (-1 keeps all).
-        save_last: also keep `last.ckpt`, the newest state, for `fit(ckpt_path="last")`.
+        save_last: also save the newest state as `last-epoch=E-step=S.ckpt`, for
+            `fit(ckpt_path="last")`; the `keep_last` newest such files are kept, so a
+            damaged newest file still leaves one to resume from.
         every_n_epochs: save at the end of every N-th epoch (0 disables epoch saves).
         every_n_steps: also save every N optimizer steps, mid-epoch.
         dirpath: folder for the files.
+        keep_last: how many last-state files to keep (at least 1).
 
     Ranked files are named `epoch=E-step=S.ckpt`, with the epoch counted from 0.
     """
@@ -40,9 +43,12 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
         dirpath: str | Path | None = None,
+        keep_last: int = 2,
     ) -> None:
         if save_top_k < -1:
             raise ValueError(f"save_top_k must be -1 (keep all) or >= 0, got {save_top_k}.")
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}.")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}.")
         self.monitor = Monitor(monitor, mode) if monitor else None
@@ -51,6 +57,7 @@ class ModelCheckpoint(Callback):
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.keep_last = keep_last
         self.best_k: dict[str, float] = {}
         self.best_model_path = ""
         self.last_model_path = ""
@@ -81,7 +88,9 @@ class ModelCheckpoint(Callback):
             return
         assert self.dirpath is not None
         self._saved_step = trainer.global_step
-        self.last_model_path = str(trainer.save_checkpoint(self.dirpath / LAST_NAME))
+        name = last_checkpoint_name(trainer.epoch, trainer.global_step)
+        self.last_model_path = str(trainer.save_checkpoint(self.dirpath / name))
+        rotate_last_checkpoints(self.dirpath, keep=self.keep_last)
 
     def _save_ranked(self, trainer: Trainer) -> None:
         assert self.monitor is not None and self.dirpath is not None

@@ -75,22 +75,25 @@ def _write_atomically(
 ) -> Path:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        os.close(handle)
         save_file(tensors, temporary, metadata=metadata)
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointError(
-                f"could not save checkpoint {path}: {error.strerror or error}. Free disk space "
-                "or fix the folder's permissions; earlier checkpoints are intact."
-            ) from error
-        raise
+    except Exception as error:  # disk full, permissions, a folder that is a file, ...
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or error
+        raise CheckpointError(
+            f"could not save checkpoint {path}: {reason}. Free disk space or fix the "
+            "folder's permissions; earlier checkpoints are intact."
+        ) from error
     _fsync_folder(path.parent)
     return path
 

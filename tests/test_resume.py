@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from conftest import make_loader, make_mlp, make_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
+from trainer import Trainer
+from trainer.callbacks import EarlyStopping
 from trainer.checkpoint import load_checkpoint
+from trainer.trainer import NonFiniteLossError
 
 JOB = Path(__file__).parent / "jobs" / "resumable_job.py"
 STEPS_PER_EPOCH = 6  # 11 batches in windows of 2
@@ -116,3 +123,94 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(
     _assert_identical(
         _final_state(uninterrupted[0]), _final_state(tmp_path), f"SIGTERM at step {step}"
     )
+
+
+class _ScriptedValidation(Trainer):
+    """Validation loss falls for three epochs, then rises: early stopping has a known answer."""
+
+    LOSSES = (5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return torch.tensor(self.LOSSES[self.epoch])
+
+
+def _scripted_trainer(run_dir: Path, max_epochs: int) -> tuple[Trainer, EarlyStopping]:
+    model = make_mlp(dropout=0.2)
+    stopper = EarlyStopping(monitor="val/loss", patience=2, restore_best_weights=True)
+    trainer = _ScriptedValidation(
+        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(), train_loader=make_loader(shuffle=True),
+        val_loader=make_loader(n=8), max_epochs=max_epochs, seed=0, callbacks=[stopper],
+        run_dir=run_dir, progress_bar=False, logger=False, device="cpu",
+    )  # fmt: skip
+    return trainer, stopper
+
+
+def test_early_stopping_stops_at_the_same_step_after_a_resume(tmp_path: Path) -> None:
+    straight, straight_stopper = _scripted_trainer(tmp_path / "straight", max_epochs=10)
+    straight.fit()
+    assert straight_stopper.stopped_epoch == 4 and straight.global_step == 25
+
+    first, _ = _scripted_trainer(tmp_path / "split", max_epochs=3)
+    first.fit()
+    second, stopper = _scripted_trainer(tmp_path / "split", max_epochs=10)
+    second.fit(ckpt_path="last")
+    assert (stopper.stopped_epoch, second.global_step) == (4, 25)
+    assert stopper.best_epoch == 2
+    for a, b in zip(straight.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b), "restore_best_weights must survive the resume"
+
+
+def test_signal_handlers_are_restored_when_fit_returns(run_dir: Path) -> None:
+    def mine(signum: int, frame: Any) -> None:
+        """A user's own handler."""
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        make_trainer(run_dir).fit()
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:
+    stopped = _interrupt_at(tmp_path, 0, 5, signal.SIGINT)
+    assert stopped.returncode == 130
+    assert list((tmp_path / "checkpoints").glob("last-*.ckpt"))
+
+
+class _PoisonedStep(Trainer):
+    """Returns a NaN loss on batch 2 of each epoch."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if batch_idx == 2 else loss
+
+
+def _poisoned(run_dir: Path, **options: Any) -> _PoisonedStep:
+    model = make_mlp()
+    return _PoisonedStep(
+        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(), train_loader=make_loader(), max_epochs=2,
+        run_dir=run_dir, progress_bar=False, logger=False, device="cpu", **options,
+    )  # fmt: skip
+
+
+def test_a_nan_loss_raises_naming_the_step_before_any_checkpoint_holds_it(run_dir: Path) -> None:
+    trainer = _poisoned(run_dir, log_every_n_steps=1)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "at optimizer step 3 (epoch 0)" in message and "finite up to step 2" in message
+    assert "learning rate" in message and "nan_policy='skip'" in message
+    assert not list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def test_nan_policy_skip_leaves_the_bad_batch_out_and_counts_it(run_dir: Path) -> None:
+    trainer = _poisoned(run_dir, nan_policy="skip")
+    with pytest.warns(UserWarning, match="skipping a batch with a non-finite loss"):
+        history = trainer.fit()
+    assert trainer.state.skipped_batches == 2
+    assert all(math.isfinite(p.sum().item()) for p in trainer.model.parameters())
+    assert all(math.isfinite(record["train/loss"]) for record in history)

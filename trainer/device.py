@@ -7,6 +7,7 @@ move walks those containers so a training step always receives its data on the d
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,9 +80,10 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False)
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(item, device, non_blocking) for item in batch)
     if isinstance(batch, Mapping):
-        return type(batch)(
-            {key: move_to_device(value, device, non_blocking) for key, value in batch.items()}
-        )
+        moved = {key: move_to_device(value, device, non_blocking) for key, value in batch.items()}
+        if isinstance(batch, defaultdict):
+            return type(batch)(batch.default_factory, moved)
+        return type(batch)(moved)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         changes = {
             item.name: move_to_device(getattr(batch, item.name), device, non_blocking)

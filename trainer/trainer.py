@@ -504,11 +504,12 @@ class Trainer:
         )
 
     def _is_finite_or_skipped(self, loss: torch.Tensor) -> bool:
+        loss = loss.detach()
         if bool(torch.isfinite(loss)):
             return True
         if not self.state.skipped_batches:
             warnings.warn(
-                f"skipping a batch with a non-finite loss ({float(loss)}) at optimizer step "
+                f"skipping a batch with a non-finite loss ({loss.item()}) at optimizer step "
                 f"{self.state.global_step} (nan_policy='skip'); trainer.state.skipped_batches "
                 "counts them.",
                 stacklevel=2,

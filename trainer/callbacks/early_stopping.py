@@ -64,12 +64,13 @@ class EarlyStopping(Callback):
             trainer.model.load_state_dict(self._best_weights)
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the best value, so a resumed run stops on the same epoch."""
+        """Counters, the best value (and weights), so a resumed run stops on the same epoch."""
         return {
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
+            "best_weights": self._best_weights,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -78,3 +79,4 @@ class EarlyStopping(Callback):
         self.best_epoch = state["best_epoch"]
         self.wait = int(state["wait"])
         self.stopped_epoch = state["stopped_epoch"]
+        self._best_weights = state.get("best_weights")

@@ -3,6 +3,7 @@ one and the best `save_top_k` by a monitored metric."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,8 @@ class ModelCheckpoint(Callback):
     def _save_ranked(self, trainer: Trainer) -> None:
         assert self.monitor is not None and self.dirpath is not None
         score = self.monitor.read(trainer.metrics, "ModelCheckpoint")
+        if math.isnan(score):  # NaN compares false both ways and would corrupt the ranking
+            score = self.monitor.worst()
         if self.save_top_k != -1 and len(self.best_k) >= self.save_top_k:
             worst = self._worst_path()
             if not self.monitor.is_improvement(score, self.best_k[worst]):

@@ -1,0 +1,73 @@
+"""`ProgressBar`: one line per epoch when output is not a terminal, a tqdm bar when forced."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import pytest
+from conftest import make_loader
+
+from trainer.callbacks import ProgressBar
+
+
+def test_not_a_terminal_prints_one_line_per_epoch(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not sys.stderr.isatty()
+    trainer_factory(
+        progress_bar=True,
+        max_epochs=3,
+        train_loader=make_loader(n=200, batch_size=4),
+    ).fit()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 3
+    for number, line in enumerate(lines, start=1):
+        assert line.lower().startswith(f"epoch {number}")
+    assert all("train/loss=" in line and "val/loss=" in line for line in lines)
+    assert captured.err == ""
+
+
+def test_not_a_terminal_line_shows_the_epoch_figures(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = trainer_factory(progress_bar=True, max_epochs=1)
+    trainer.fit()
+    line = capsys.readouterr().out.strip()
+    assert f"val/loss={trainer.metrics['val/loss']:.4f}" in line
+    assert f"val/acc={trainer.metrics['val/acc']:.4f}" in line
+    assert line.endswith("s)")
+
+
+def test_forced_bar_draws_tqdm_on_stderr_with_the_batch_count(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer_factory(progress_bar=ProgressBar(force=True), max_epochs=2).fit()
+    captured = capsys.readouterr()
+    assert "Epoch 1/2" in captured.err
+    assert "Epoch 2/2" in captured.err
+    assert "5/5" in captured.err
+    assert "batch" in captured.err
+    assert "val/loss=" in captured.err
+    assert captured.out == ""
+
+
+def test_forced_bar_in_callbacks_replaces_the_default(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = trainer_factory(progress_bar=True, callbacks=[ProgressBar(force=True)])
+    assert sum(isinstance(callback, ProgressBar) for callback in trainer.callbacks) == 1
+    trainer.fit()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "5/5" in captured.err
+
+
+def test_progress_bar_false_prints_nothing(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer_factory(progress_bar=False, max_epochs=2).fit()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer import Trainer
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _subprocesses_import_this_checkout() -> None:
+    """Child processes (CLI runs, killed jobs) import the `trainer` under test, not another."""
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
 
 
 @pytest.fixture(autouse=True)

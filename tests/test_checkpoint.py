@@ -1,9 +1,13 @@
-"""Checkpoints: atomic saves, loads that never run code, clear errors, and exact resume."""
+"""Checkpoints: atomic saves that keep earlier files, loads that never run code, damaged files
+skipped or refused with the reason, and exact resume."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,10 +15,21 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_loader, make_mlp, make_trainer
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import EarlyStopping, ModelCheckpoint
-from trainer.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    export_weights,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+IS_ROOT = not hasattr(os, "geteuid") or os.geteuid() == 0
 
 
 class WritesMarker:
@@ -48,165 +63,246 @@ def leftover_temporaries(folder: Path) -> list[Path]:
     return [path for path in folder.iterdir() if path.name.endswith(".tmp")]
 
 
-# ------------------------------------------------------------------------------ atomic saves
-def test_fit_leaves_only_finished_checkpoints(trainer_factory: Callable, run_dir: Path) -> None:
-    trainer_factory(checkpoint=True, max_epochs=3).fit()
+def fit_three_epochs(run_dir: Path) -> list[Path]:
+    """Train 3 epochs with the default checkpoint; return its files, newest first."""
+    make_trainer(run_dir, checkpoint=True, max_epochs=3).fit()
     folder = run_dir / "checkpoints"
-    assert sorted(path.name for path in folder.iterdir()) == ["last.ckpt"]
+    # Only finished files, rotated to the two newest: no temporaries, no older states.
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["last-epoch=1-step=10.ckpt", "last-epoch=2-step=15.ckpt"]
+    return [folder / name for name in reversed(names)]
 
 
+# ------------------------------------------------------------------------------------ saving
 def test_save_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
     path = tmp_path / "state.ckpt"
-    save_checkpoint({"format_version": FORMAT_VERSION, "value": torch.ones(2)}, path)
-    save_checkpoint({"format_version": FORMAT_VERSION, "value": torch.zeros(2)}, path)
+    save_checkpoint({"value": torch.ones(2)}, path)
+    save_checkpoint({"value": torch.zeros(2)}, path)
     assert torch.equal(load_checkpoint(path)["value"], torch.zeros(2))
     assert leftover_temporaries(tmp_path) == []
 
 
-def test_failed_save_keeps_the_previous_checkpoint_whole(tmp_path: Path) -> None:
-    path = tmp_path / "state.ckpt"
-    save_checkpoint({"format_version": FORMAT_VERSION, "value": torch.ones(2)}, path)
-    unpicklable = {"format_version": FORMAT_VERSION, "value": lambda: None}
-    with pytest.raises((AttributeError, pickle.PicklingError), match="pickle"):
-        save_checkpoint(unpicklable, path)
+def test_checkpoint_content_round_trips_plain_data_and_tensors(tmp_path: Path) -> None:
+    content = {
+        "tensors": {"w": torch.randn(3, 2), "bf16": torch.ones(2, dtype=torch.bfloat16)},
+        "tuple": (1, 2.5, "x", None, True),
+        "int_keys": {0: {"step": torch.tensor(3.0)}, 1: {}},
+        "floats": [float("inf"), -1e-30],
+        "empty": torch.zeros(0),
+    }
+    shared = torch.arange(6.0)
+    content["tied"] = {"a": shared, "b": shared}
+    path = save_checkpoint(content, tmp_path / "c.ckpt")
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["tensors"]["w"], content["tensors"]["w"])
+    assert loaded["tensors"]["bf16"].dtype == torch.bfloat16
+    assert loaded["tuple"] == (1, 2.5, "x", None, True)
+    assert set(loaded["int_keys"]) == {0, 1}
+    assert loaded["floats"][0] == float("inf")
+    assert torch.equal(loaded["tied"]["b"], shared)
+    assert loaded["empty"].shape == (0,)
+
+
+def test_a_value_that_is_not_plain_data_is_refused_naming_its_entry(tmp_path: Path) -> None:
+    path = save_checkpoint({"value": torch.ones(2)}, tmp_path / "state.ckpt")
+    with pytest.raises(TypeError, match=r"'callbacks/Mine/when' is a set"):
+        save_checkpoint({"callbacks": {"Mine": {"when": {1, 2}}}}, path)
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(2))
-    assert leftover_temporaries(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["state.ckpt"]
 
 
-def test_save_onto_a_folder_gives_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "last.ckpt").mkdir()
-    with pytest.raises(OSError, match=r"could not save checkpoint .*last\.ckpt"):
-        save_checkpoint({"format_version": FORMAT_VERSION}, tmp_path / "last.ckpt")
-    assert leftover_temporaries(tmp_path) == []
+def _target_is_a_folder(folder: Path) -> Path:
+    target = folder / "last-epoch=1-step=10.ckpt"
+    target.mkdir()
+    return target
 
 
-def test_save_under_a_regular_file_gives_a_clear_error(
-    trainer_factory: Callable, tmp_path: Path
-) -> None:
-    not_a_folder = tmp_path / "notes.txt"
-    not_a_folder.write_text("a file, not a folder")
-    trainer = trainer_factory()
-    with pytest.raises(OSError) as excinfo:
-        trainer.save_checkpoint(not_a_folder / "last.ckpt")
-    assert "could not save checkpoint" in str(excinfo.value)
-    assert "notes.txt" in str(excinfo.value)
-    assert not_a_folder.read_text() == "a file, not a folder"
+def _parent_is_a_file(folder: Path) -> Path:
+    (folder / "notes.txt").write_text("a file, not a folder")
+    return folder / "notes.txt" / "last-epoch=1-step=10.ckpt"
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores folder permissions"
-)
-def test_save_into_a_read_only_folder_explains_and_keeps_the_previous_checkpoint(
-    trainer_factory: Callable, run_dir: Path
-) -> None:
-    trainer = trainer_factory(checkpoint=True, max_epochs=1)
-    trainer.fit()
-    folder = run_dir / "checkpoints"
-    before = (folder / "last.ckpt").read_bytes()
+def _read_only_folder(folder: Path) -> Path:
     folder.chmod(0o555)
+    return folder / "last-epoch=1-step=10.ckpt"
+
+
+@pytest.mark.parametrize(
+    "break_target",
+    [
+        _target_is_a_folder,
+        _parent_is_a_file,
+        pytest.param(
+            _read_only_folder,
+            marks=pytest.mark.skipif(IS_ROOT, reason="root ignores folder permissions"),
+        ),
+    ],
+    ids=lambda breaker: breaker.__name__.strip("_"),
+)
+def test_a_save_that_cannot_be_written_is_refused_and_keeps_earlier_files(
+    run_dir: Path, break_target: Callable[[Path], Path]
+) -> None:
+    trainer = make_trainer(run_dir)
+    folder = run_dir / "checkpoints"
+    trainer.save_checkpoint(folder / "last-epoch=0-step=5.ckpt")
+    target = break_target(folder)
+    before = {path.name: path.is_file() and path.read_bytes() for path in folder.iterdir()}
     try:
-        with pytest.raises(OSError) as excinfo:
-            trainer.save_checkpoint(folder / "last.ckpt")
+        with pytest.raises(CheckpointError) as info:
+            trainer.save_checkpoint(target)
     finally:
         folder.chmod(0o755)
-    assert "could not save checkpoint" in str(excinfo.value)
-    assert "permissions" in str(excinfo.value)
-    assert (folder / "last.ckpt").read_bytes() == before
-    assert leftover_temporaries(folder) == []
+    message = str(info.value)
+    assert f"could not save checkpoint {target}" in message
+    assert "permissions" in message and "earlier checkpoints are intact" in message
+    # Every file is as it was (the earlier checkpoint, a file in the way), and no temporary.
+    assert {path.name: path.is_file() and path.read_bytes() for path in folder.iterdir()} == before
 
 
-# -------------------------------------------------------------------------------- safe loads
-def test_load_refuses_a_file_that_would_run_code(tmp_path: Path) -> None:
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.ckpt"
-    torch.save({"format_version": FORMAT_VERSION, "model": WritesMarker(marker)}, path)
+def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    """A real write error (the file-size limit standing in for a full disk), in a subprocess."""
+    folder = tmp_path / "checkpoints"
+    good = save_checkpoint({"w": torch.ones(4)}, folder / "last-epoch=0-step=1.ckpt")
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, torch
+        from trainer.checkpoint import CheckpointError, save_checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            target = {str(folder)!r} + "/last-epoch=1-step=2.ckpt"
+            save_checkpoint({{"w": torch.ones(100_000)}}, target)
+        except CheckpointError as error:
+            print("ERROR", error)
+        """
+    )
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert "ERROR could not save checkpoint" in result.stdout, result.stderr
+    assert "earlier checkpoints are intact" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["last-epoch=0-step=1.ckpt"]
+    assert torch.equal(load_checkpoint(good)["w"], torch.ones(4))
 
-    with pytest.raises(ValueError) as excinfo:
-        load_checkpoint(path)
-    assert "cannot be read safely" in str(excinfo.value)
-    assert not marker.exists()
 
-    # The file is really dangerous: an unsafe load runs its code.
-    torch.load(path, weights_only=False)["model"].close()
+# ----------------------------------------------------------------------------------- loading
+def _missing(folder: Path) -> Path:
+    return folder / "nope.ckpt"
+
+
+def _a_folder(folder: Path) -> Path:
+    return folder
+
+
+def _torch_saved_weights(folder: Path) -> Path:
+    torch.save(make_mlp().state_dict(), folder / "weights.pt")
+    return folder / "weights.pt"
+
+
+def _exported_weights(folder: Path) -> Path:
+    return export_weights(make_mlp(), folder / "weights.safetensors")
+
+
+def _truncated(folder: Path) -> Path:
+    path = make_trainer(folder / "run").save_checkpoint(folder / "state.ckpt")
+    path.write_bytes(path.read_bytes()[:100])
+    return path
+
+
+def _bit_flipped(folder: Path) -> Path:
+    path = make_trainer(folder / "run").save_checkpoint(folder / "state.ckpt")
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x10  # inside the tensor data, past the header
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _newer_format(folder: Path) -> Path:
+    path = folder / "future.ckpt"
+    metadata = {
+        "format": "trainer-checkpoint",
+        "format_version": str(FORMAT_VERSION + 1),
+        "content": "{}",
+    }
+    save_file({"x": torch.zeros(1)}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_path", "reason"),
+    [
+        (_missing, r"nope\.ckpt does not exist"),
+        (_a_folder, r"is a folder; pass a \.ckpt file"),
+        (_torch_saved_weights, r"weights\.pt is truncated or not a checkpoint"),
+        (_exported_weights, "is a safetensors file but not a trainer checkpoint"),
+        (_truncated, "is truncated or not a checkpoint"),
+        (_bit_flipped, "is corrupted: its checksum does not match"),
+        (_newer_format, r"newer than this trainer reads.*upgrade trainer"),
+    ],
+    ids=["missing", "folder", "torch-save", "exported-weights", "truncated", "bit-flip", "newer"],
+)
+def test_an_unusable_checkpoint_path_is_refused_saying_why(
+    run_dir: Path, tmp_path: Path, make_path: Callable[[Path], Path], reason: str
+) -> None:
+    path = make_path(tmp_path)
+    with pytest.raises(CheckpointError, match=reason) as info:
+        make_trainer(run_dir).fit(ckpt_path=path)
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True)
+    pickled = folder / "last-epoch=9-step=999.ckpt"
+    with pickled.open("wb") as file:
+        pickle.dump({"model": WritesMarker(marker)}, file)
+    torch_saved = folder / "epoch=8-step=998.ckpt"
+    torch.save({"model": WritesMarker(marker)}, torch_saved)
+
+    for path in (pickled, torch_saved):
+        with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+            make_trainer(run_dir).fit(ckpt_path=path)
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        make_trainer(run_dir).fit(ckpt_path="last")
+    assert not marker.exists(), "loading a checkpoint executed code from it"
+
+    # The files are really dangerous: an unsafe load runs their code.
+    torch.load(torch_saved, weights_only=False)["model"].close()
     assert marker.exists()
 
 
-def test_fit_from_a_file_that_would_run_code_refuses_it(
-    trainer_factory: Callable, tmp_path: Path
+def test_a_model_that_does_not_fit_the_checkpoint_is_refused_naming_the_parameters(
+    run_dir: Path,
 ) -> None:
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.ckpt"
-    torch.save({"format_version": FORMAT_VERSION, "model": WritesMarker(marker)}, path)
-    with pytest.raises(ValueError, match="cannot be read safely"):
-        trainer_factory().fit(ckpt_path=path)
-    assert not marker.exists()
-
-
-def test_a_file_that_is_not_a_trainer_checkpoint_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "weights.pt"
-    torch.save(make_mlp().state_dict(), path)
-    with pytest.raises(ValueError, match="is not a trainer checkpoint"):
-        load_checkpoint(path)
-
-
-def test_a_truncated_file_is_called_corrupt(trainer_factory: Callable, run_dir: Path) -> None:
-    trainer_factory(checkpoint=True, max_epochs=1).fit()
-    path = run_dir / "checkpoints" / "last.ckpt"
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="corrupt, truncated"):
-        load_checkpoint(path)
-
-
-def test_a_checkpoint_from_a_newer_format_asks_for_an_upgrade(tmp_path: Path) -> None:
-    path = tmp_path / "future.ckpt"
-    save_checkpoint({"format_version": FORMAT_VERSION + 1}, path)
-    with pytest.raises(ValueError, match="upgrade trainer"):
-        load_checkpoint(path)
-
-
-def test_loading_into_a_model_of_other_shapes_names_the_parameters(tmp_path: Path) -> None:
-    make_trainer(tmp_path / "wide", checkpoint=True, max_epochs=1).fit()
-    narrow = make_trainer(
-        tmp_path / "narrow",
-        make_mlp(in_features=32),
-        train_loader=make_loader(features=32),
-        val_loader=None,
-    )
-    with pytest.raises(ValueError) as excinfo:
-        narrow.fit(ckpt_path=tmp_path / "wide" / "checkpoints" / "last.ckpt")
-    message = str(excinfo.value)
-    assert "0.weight: checkpoint (32, 64) vs model (32, 32)" in message
+    make_trainer(run_dir, checkpoint=True, max_epochs=1).fit()
+    wider = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Dropout(0.0), nn.Linear(48, 10))
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(run_dir, wider).fit(ckpt_path="last")
+    message = str(info.value)
+    assert "0.weight: checkpoint (32, 64) vs model (48, 64)" in message
+    assert "3.weight: checkpoint (10, 32) vs model (10, 48)" in message
     assert "same architecture" in message
 
-
-def test_loading_into_a_model_with_other_layers_names_them(
-    trainer_factory: Callable, run_dir: Path
-) -> None:
-    trainer_factory(checkpoint=True, max_epochs=1).fit()
-    deeper = torch.nn.Sequential(*make_mlp(), torch.nn.ReLU(), torch.nn.Linear(10, 10))
-    with pytest.raises(ValueError) as excinfo:
-        trainer_factory(deeper).validate(ckpt_path="last")
-    assert "missing in checkpoint: 5.bias, 5.weight" in str(excinfo.value)
+    deeper = nn.Sequential(*make_mlp(), nn.ReLU(), nn.Linear(10, 10))
+    with pytest.raises(CheckpointError, match=r"missing in checkpoint: 5\.bias, 5\.weight"):
+        make_trainer(run_dir, deeper).validate(ckpt_path="last")
 
 
-def test_nonexistent_path_is_named(trainer_factory: Callable, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist"):
-        trainer_factory().fit(ckpt_path=tmp_path / "nope.ckpt")
+def test_best_says_what_it_needs(run_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .*, so no best one either"):
+        make_trainer(run_dir).fit(ckpt_path="best")
+    make_trainer(run_dir, checkpoint=True, max_epochs=1).fit()
+    with pytest.raises(CheckpointError, match=r"'best' needs a ModelCheckpoint\(monitor=\.\.\.\)"):
+        make_trainer(run_dir).fit(ckpt_path="best")
 
 
-def test_folder_path_asks_for_a_file(trainer_factory: Callable, tmp_path: Path) -> None:
-    with pytest.raises(IsADirectoryError, match=r"is a folder; pass a \.ckpt file"):
-        trainer_factory().fit(ckpt_path=tmp_path)
-
-
-def test_best_without_a_ranked_checkpoint_says_what_is_needed(
-    trainer_factory: Callable,
-) -> None:
-    with pytest.raises(FileNotFoundError, match="needs a ModelCheckpoint with monitor"):
-        trainer_factory().fit(ckpt_path="best")
-
-
-# ------------------------------------------------------------------------------------ resume
+# -------------------------------------------------------------------------------------- last
 def test_last_without_a_checkpoint_starts_fresh_with_a_notice(
     trainer_factory: Callable, run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -218,14 +314,39 @@ def test_last_without_a_checkpoint_starts_fresh_with_a_notice(
     assert trainer.global_step == 10
 
 
-def test_last_skips_a_corrupt_last_ckpt_for_the_newest_valid_checkpoint(
+@pytest.mark.parametrize("damage", ["truncate-0", "truncate-50", "truncate-99", "bit-flip"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
+    run_dir: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    newest, previous = fit_three_epochs(run_dir)
+    data = newest.read_bytes()
+    if damage == "bit-flip":
+        position = len(data) - 7  # inside the tensor data, past the header
+        data = data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :]
+    else:
+        data = data[: len(data) * int(damage.split("-")[1]) // 100]
+    newest.write_bytes(data)
+
+    path, checkpoint = find_checkpoint("last", run_dir / "checkpoints")
+    assert path == previous
+    assert checkpoint["state"]["global_step"] == 10
+    assert f"Skipping checkpoint {newest}" in capsys.readouterr().err
+
+    resumed = make_trainer(run_dir, max_epochs=3)
+    resumed.fit(ckpt_path="last")
+    assert resumed.global_step == 15
+
+
+def test_last_falls_back_to_a_ranked_checkpoint_of_the_same_step(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
-    """The contract: "last" is the newest *valid* checkpoint of run_dir."""
+    """The contract: "last" is the newest *valid* checkpoint of run_dir, ranked ones included."""
     ranked = ModelCheckpoint(monitor="train/loss", save_top_k=-1)
     trainer_factory(callbacks=[ranked], max_epochs=2).fit()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:100])
+    folder = run_dir / "checkpoints"
+    newest = folder / "last-epoch=1-step=10.ckpt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert find_checkpoint("last", folder)[0] == folder / "epoch=1-step=10.ckpt"
 
     resumed = trainer_factory(checkpoint=True, max_epochs=3)
     history = resumed.fit(ckpt_path="last")
@@ -233,6 +354,18 @@ def test_last_skips_a_corrupt_last_ckpt_for_the_newest_valid_checkpoint(
     assert resumed.global_step == 15
 
 
+def test_no_valid_checkpoint_is_an_error_listing_every_file_and_why(run_dir: Path) -> None:
+    for path in fit_three_epochs(run_dir):
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(run_dir).fit(ckpt_path="last")
+    message = str(info.value)
+    assert "no valid checkpoint" in message
+    assert "last-epoch=2-step=15.ckpt" in message and "last-epoch=1-step=10.ckpt" in message
+    assert "truncated" in message
+
+
+# ------------------------------------------------------------------------------------ resume
 def fit_with_dropout_and_shuffle(
     run_dir: Path, max_epochs: int, model_seed: int = 0, **fit_kwargs: Any
 ) -> tuple[Trainer, list[dict[str, float]]]:
@@ -285,12 +418,19 @@ def test_resume_without_seed_still_matches_the_straight_run(tmp_path: Path) -> N
     assert_equal_states(resumed.model.state_dict(), straight.model.state_dict(), "model")
 
 
+def test_resuming_mid_epoch_with_other_batches_is_refused(run_dir: Path) -> None:
+    make_trainer(run_dir, max_steps=3, callbacks=[ModelCheckpoint(every_n_steps=3)]).fit()
+    changed = make_trainer(run_dir, train_loader=make_loader(batch_size=4))
+    with pytest.raises(ValueError, match=r"stopped mid-epoch.*batch_size 8 -> 4"):
+        changed.fit(ckpt_path="last")
+
+
 def test_early_stopping_state_round_trips_through_the_checkpoint(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     stopper = EarlyStopping(patience=5)
     trainer_factory(checkpoint=True, max_epochs=3, callbacks=[stopper]).fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=2-step=15.ckpt")
     assert saved["callbacks"]["EarlyStopping"] == stopper.state_dict()
     assert stopper.best_epoch is not None
 
@@ -305,7 +445,7 @@ def test_two_callbacks_of_one_class_keep_separate_states(
     on_loss = EarlyStopping(monitor="val/loss", patience=5)
     on_acc = EarlyStopping(monitor="val/acc", mode="max", patience=5)
     trainer_factory(checkpoint=True, callbacks=[on_loss, on_acc]).fit()
-    states = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["callbacks"]
+    states = load_checkpoint(run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt")["callbacks"]
     assert states["EarlyStopping"] == on_loss.state_dict()
     assert states["EarlyStopping_2"] == on_acc.state_dict()
 
@@ -315,3 +455,15 @@ def test_two_callbacks_of_one_class_keep_separate_states(
         on_loss.state_dict(),
         on_acc.state_dict(),
     ]
+
+
+# ------------------------------------------------------------------------------------ export
+def test_exported_weights_load_into_a_fresh_model(run_dir: Path, tmp_path: Path) -> None:
+    model = make_mlp(seed=3)
+    trainer = make_trainer(run_dir, model)
+    trainer.fit()
+    path = trainer.export_weights(tmp_path / "model.safetensors")
+    fresh = make_mlp(seed=4)
+    fresh.load_state_dict(load_file(str(path)))
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -51,7 +51,7 @@ def test_fit_prints_a_summary_and_writes_events(fitted_run: tuple) -> None:
     assert f"run files:     {run_dir.resolve()}" in result.stdout
     assert f"tensorboard --logdir {run_dir.resolve()}" in result.stdout
     assert list(run_dir.rglob("events.out.tfevents.*"))
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("last-epoch=1-step=*.ckpt"))) == 1
     saved = (run_dir / "config.yaml").read_text()
     assert "max_epochs: 2" in saved and "T_max: 2" in saved
 

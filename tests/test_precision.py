@@ -14,7 +14,7 @@ from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import Callback
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import find_checkpoint, load_checkpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 from trainer.precision import Precision
@@ -88,7 +88,7 @@ def test_16_mixed_on_cpu_keeps_the_scaler_state_in_the_checkpoint(
     assert trainer.global_step == 10
     assert scaler.state_dict()["_growth_tracker"] == 10  # ten clean steps since the last growth
 
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["precision"]
+    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt")["precision"]
     assert saved == scaler.state_dict()
 
 
@@ -105,14 +105,18 @@ def test_resume_restores_the_grad_scaler(trainer_factory: Callable) -> None:
 def test_16_mixed_skips_a_step_with_infinite_gradients_and_backs_off(
     trainer_factory: Callable,
 ) -> None:
-    class InfiniteOnce(Trainer):
+    class InfiniteGradientsOnce(Trainer):
+        """A finite loss whose gradients overflow, as float16 backward passes do."""
+
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             loss = super().training_step(batch, batch_idx)
-            return loss * float("inf") if batch_idx == 0 else loss
+            if batch_idx == 0:
+                loss.register_hook(lambda grad: grad * float("inf"))
+            return loss
 
     model = make_mlp()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    trainer = InfiniteOnce(
+    trainer = InfiniteGradientsOnce(
         model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         loss_fn=nn.CrossEntropyLoss(),
@@ -141,8 +145,8 @@ def test_16_mixed_on_cuda_trains_digits_with_a_live_scaler(
     assert trainer.precision.scaler.is_enabled()
     assert dtypes.dtypes == {torch.float16}
     assert trainer.metrics["val/acc"] >= 0.9
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["precision"]
-    assert saved["scale"] == trainer.precision.scaler.get_scale()
+    _, saved = find_checkpoint("last", run_dir / "checkpoints")
+    assert saved["precision"]["scale"] == trainer.precision.scaler.get_scale()
 
 
 @pytest.mark.gpu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import subprocess
@@ -28,13 +27,11 @@ TOTAL_STEPS = 5 * STEPS_PER_EPOCH
 
 
 def _start(run_dir: Path, workers: int, *extra: str) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.Popen(
         [sys.executable, str(JOB), str(run_dir), str(workers), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment,
     )
 
 

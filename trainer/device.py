@@ -75,6 +75,8 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False)
     """Return `batch` with every tensor inside it on `device`; other values are kept."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
+    if type(batch) in (tuple, list):  # the common case, first: this runs every step
+        return type(batch)([move_to_device(item, device, non_blocking) for item in batch])
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
         return type(batch)(*(move_to_device(item, device, non_blocking) for item in batch))
     if isinstance(batch, (list, tuple)):

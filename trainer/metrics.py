@@ -32,35 +32,66 @@ def is_stateful_metric(metric: object) -> bool:
 
 
 class RunningMeans:
-    """Weighted means of named scalars, accumulated on whatever device the values live on."""
+    """Weighted means of named scalars, accumulated on whatever device the values live on.
 
-    def __init__(self) -> None:
+    `add` only appends to a list, so a training step pays no tensor operation for it; the
+    values are summed on their device every `fold_every` additions and when a mean is read.
+    """
+
+    def __init__(self, fold_every: int = 1024) -> None:
+        self.fold_every = fold_every
+        self._pending: dict[str, list[Any]] = {}
+        self._pending_weights: dict[str, list[float]] = {}
         self._sums: dict[str, torch.Tensor | float] = {}
         self._weights: dict[str, float] = {}
 
     def add(self, name: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
-        """Add `value` counted `weight` times (a batch mean counts once per sample)."""
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
-        self._sums[name] = self._sums.get(name, 0.0) + value * weight
-        self._weights[name] = self._weights.get(name, 0.0) + weight
+        """Add `value` (a detached tensor or a number) counted `weight` times."""
+        values = self._pending.get(name)
+        if values is None:
+            values = self._pending[name] = []
+            self._pending_weights[name] = []
+        values.append(value)
+        self._pending_weights[name].append(weight)
+        if len(values) >= self.fold_every:
+            self._fold(name)
+
+    def _fold(self, name: str) -> None:
+        values, weights = self._pending.pop(name), self._pending_weights.pop(name)
+        pairs = list(zip(values, weights, strict=True))
+        tensors = [(v, w) for v, w in pairs if isinstance(v, torch.Tensor)]
+        total: torch.Tensor | float = sum(
+            float(v) * w for v, w in pairs if not isinstance(v, torch.Tensor)
+        )
+        if tensors:
+            stacked = torch.stack([v.reshape(()).float() for v, _ in tensors])
+            factors = torch.tensor([w for _, w in tensors], device=stacked.device)
+            total = (stacked * factors).sum() + total
+        self._sums[name] = self._sums.get(name, 0.0) + total
+        self._weights[name] = self._weights.get(name, 0.0) + sum(weights)
 
     def means(self) -> dict[str, float]:
         """The mean of every name as a float; this is where the host reads the device."""
+        for name in list(self._pending):
+            self._fold(name)
         return {name: float(total) / self._weights[name] for name, total in self._sums.items()}
 
     def mean(self, name: str) -> float | None:
         """The mean of one name, or None if it was never added."""
+        if name in self._pending:
+            self._fold(name)
         if name not in self._sums:
             return None
         return float(self._sums[name]) / self._weights[name]
 
     def reset(self) -> None:
+        self._pending.clear()
+        self._pending_weights.clear()
         self._sums.clear()
         self._weights.clear()
 
     def __bool__(self) -> bool:
-        return bool(self._sums)
+        return bool(self._sums) or bool(self._pending)
 
 
 def compute_metrics(

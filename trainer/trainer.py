@@ -82,6 +82,7 @@ class Trainer:
                         every log_every_n_steps steps: on_log(step figures, global_step)
                     on_train_batch_end(outputs, batch, batch_idx)
                     leave the epoch if should_stop or max_steps is reached
+                    on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
                 if val_loader:
                     on_validation_start
                     validation_step(batch, batch_idx) per batch   # eval(), inference_mode
@@ -91,6 +92,7 @@ class Trainer:
                 on_train_epoch_end                # ModelCheckpoint saves -> on_save_checkpoint
             on_fit_end
         on any exception: on_exception(exception), then it propagates
+        a NaN/inf loss raises where the loss is read: log steps, epoch ends, checkpoints
 
     Example:
         >>> trainer = Trainer(model, optimizer=torch.optim.AdamW(model.parameters()),
@@ -179,6 +181,7 @@ class Trainer:
         self._preemption = PreemptionWatch()
         self._warned_inexact = False
         self._last_finite_step = 0
+        self._epoch_length: int | None = None
 
     # ----------------------------------------------------------------- state a callback reads
     @property
@@ -321,6 +324,7 @@ class Trainer:
         self._epoch_done = False
         self._step_logs.clear()
         first = self.state.batches_in_epoch
+        self._epoch_length = self.num_train_batches  # len() of a DataLoader is not free
         is_exhausted = True
         for batch_idx, batch in enumerate(self._epoch_batches(first), start=first):
             batch = move_to_device(batch, self.device)
@@ -331,7 +335,7 @@ class Trainer:
             self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
             self._phase = None
             if self.state.should_stop or self._is_step_limit_reached():
-                is_exhausted = self.state.batches_in_epoch == self.num_train_batches
+                is_exhausted = self.state.batches_in_epoch == self._epoch_length
                 break
             if self._preemption.received is not None and self._is_step_boundary():
                 self._save_and_exit(self._preemption.received)
@@ -364,12 +368,15 @@ class Trainer:
         loss = outputs["loss"]
         scale = self.accumulate_grad_batches
         # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
-        if self.nan_policy != "skip" or self._is_finite_or_skipped(loss):
+        is_used = self.nan_policy != "skip" or self._is_finite_or_skipped(loss)
+        if is_used:
             self.precision.backward(loss / scale if scale > 1 else loss)
-            self.log("train/loss", loss)
-        outputs["loss"] = loss.detach()
+        outputs["loss"] = loss = loss.detach()
+        if is_used:  # what self.log does, without its checks
+            self._step_logs["train/loss"] = loss
+            self._train_means.add("train/loss", loss, self.last_batch_size)
         self.state.batches_in_epoch += 1
-        is_last = self.state.batches_in_epoch == self.num_train_batches
+        is_last = self.state.batches_in_epoch == self._epoch_length
         if (batch_idx + 1) % scale == 0 or is_last:
             self._optimizer_step(window=(batch_idx % scale) + 1)
         return outputs
@@ -402,7 +409,7 @@ class Trainer:
             )
         self._epoch_done = True
         pending = self.state.batches_in_epoch % self.accumulate_grad_batches
-        if pending and self.num_train_batches is None and self.state.batches_in_epoch > first_batch:
+        if pending and self._epoch_length is None and self.state.batches_in_epoch > first_batch:
             self._optimizer_step(window=pending)
 
     def _end_train_epoch(self) -> dict[str, float]:
@@ -531,7 +538,7 @@ class Trainer:
 
     def _is_step_boundary(self) -> bool:
         done = self.state.batches_in_epoch
-        return done % self.accumulate_grad_batches == 0 or done == self.num_train_batches
+        return done % self.accumulate_grad_batches == 0 or done == self._epoch_length
 
     def _is_finished(self) -> bool:
         out_of_epochs = self.max_epochs is not None and self.state.epoch >= self.max_epochs
@@ -568,7 +575,15 @@ class Trainer:
         path = self.save_checkpoint(
             self.checkpoint_dir / last_checkpoint_name(self.state.epoch, self.state.global_step)
         )
-        rotate_last_checkpoints(self.checkpoint_dir, keep=2)
+        keep = max(
+            (
+                callback.keep_last
+                for callback in self.callbacks
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath == self.checkpoint_dir
+            ),
+            default=2,
+        )
+        rotate_last_checkpoints(self.checkpoint_dir, keep=keep)
         print(
             f"Received signal {signum}: saved {path} at optimizer step {self.state.global_step}. "
             "Resume with fit(ckpt_path='last') or trainer fit ... --ckpt_path last.",
@@ -735,11 +750,13 @@ def _unpack(batch: Any, step_name: str) -> tuple[Any, Any]:
 
 def _as_step_outputs(outputs: Any) -> dict[str, Any]:
     """Check a training step's result and return it as a dict holding `"loss"`."""
-    if outputs is None:
+    if isinstance(outputs, torch.Tensor):
+        outputs = {"loss": outputs}
+    elif outputs is None:
         raise ValueError(
             "training_step returned None; return the loss tensor or a dict with 'loss'."
         )
-    if isinstance(outputs, Mapping):
+    elif isinstance(outputs, Mapping):
         if "loss" not in outputs:
             raise ValueError(
                 f"training_step returned a dict without 'loss' (keys: {sorted(outputs)}); "

@@ -1,16 +1,21 @@
-"""`ModelCheckpoint`: last.ckpt, top-k ranking and rotation, mid-epoch saves, missing monitors."""
+"""`ModelCheckpoint`: last-state files and their rotation, top-k ranking, mid-epoch saves,
+missing monitors."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from scripted_validation import scripted_trainer
 
-from trainer.callbacks import MissingMetricError, ModelCheckpoint
+from trainer import Trainer
+from trainer.callbacks import Callback, MissingMetricError, ModelCheckpoint
 from trainer.checkpoint import load_checkpoint
 
 
@@ -18,14 +23,18 @@ def files_in(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
 
-def test_default_checkpoint_is_last_ckpt_under_run_dir(
+def test_default_checkpoint_writes_last_state_files_under_run_dir(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     trainer = trainer_factory(checkpoint=True)
     trainer.fit()
-    assert files_in(run_dir / "checkpoints") == ["last.ckpt"]
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert saved["state"]["epoch"] == 2
+    folder = run_dir / "checkpoints"
+    assert files_in(folder) == ["last-epoch=0-step=5.ckpt", "last-epoch=1-step=10.ckpt"]
+    saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
+    assert set(saved) == {
+        "model", "optimizer", "scheduler", "precision", "state", "rng", "data", "callbacks"
+    }  # fmt: skip
+    assert saved["state"]["epoch"] == 2  # saved at the end of epoch 1: resume at epoch 2
     assert saved["state"]["global_step"] == 10
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(saved["model"][name], tensor), name
@@ -43,7 +52,10 @@ def test_a_checkpoint_in_callbacks_replaces_the_default(
     trainer = trainer_factory(checkpoint=True, callbacks=[own])
     assert sum(isinstance(callback, ModelCheckpoint) for callback in trainer.callbacks) == 1
     trainer.fit()
-    assert files_in(tmp_path / "elsewhere") == ["last.ckpt"]
+    assert files_in(tmp_path / "elsewhere") == [
+        "last-epoch=0-step=5.ckpt",
+        "last-epoch=1-step=10.ckpt",
+    ]
     assert not (run_dir / "checkpoints").exists()
 
 
@@ -52,7 +64,12 @@ def test_top_k_keeps_exactly_k_files_named_by_epoch_and_step(run_dir: Path) -> N
     trainer = scripted_trainer(run_dir, {"loss": [0.5, 0.3, 0.4, 0.2, 0.6]}, callbacks=[checkpoint])
     trainer.fit()
     folder = run_dir / "checkpoints"
-    assert files_in(folder) == ["epoch=1-step=10.ckpt", "epoch=3-step=20.ckpt", "last.ckpt"]
+    assert files_in(folder) == [
+        "epoch=1-step=10.ckpt",
+        "epoch=3-step=20.ckpt",
+        "last-epoch=3-step=20.ckpt",
+        "last-epoch=4-step=25.ckpt",
+    ]
     assert checkpoint.best_model_path == str(folder / "epoch=3-step=20.ckpt")
     assert checkpoint.best_k == {
         str(folder / "epoch=1-step=10.ckpt"): pytest.approx(0.3),
@@ -68,7 +85,11 @@ def test_top_k_in_mode_max_keeps_the_highest(run_dir: Path) -> None:
     script = {"loss": [1.0, 1.0, 1.0, 1.0], "acc": [0.2, 0.6, 0.4, 0.5]}
     scripted_trainer(run_dir, script, callbacks=[checkpoint]).fit()
     folder = run_dir / "checkpoints"
-    assert files_in(folder) == ["epoch=1-step=10.ckpt", "last.ckpt"]
+    assert files_in(folder) == [
+        "epoch=1-step=10.ckpt",
+        "last-epoch=2-step=15.ckpt",
+        "last-epoch=3-step=20.ckpt",
+    ]
     assert checkpoint.best_model_path == str(folder / "epoch=1-step=10.ckpt")
 
 
@@ -98,7 +119,9 @@ def test_every_n_steps_saves_mid_epoch(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(every_n_steps=2, every_n_epochs=0)
     trainer = scripted_trainer(run_dir, {"loss": [1.0]}, callbacks=[checkpoint])
     trainer.fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    folder = run_dir / "checkpoints"
+    assert files_in(folder) == ["last-epoch=0-step=2.ckpt", "last-epoch=0-step=4.ckpt"]
+    saved = load_checkpoint(folder / "last-epoch=0-step=4.ckpt")
     assert saved["state"]["epoch"] == 0
     assert saved["state"]["global_step"] == 4
     assert saved["state"]["batches_in_epoch"] == 4
@@ -111,7 +134,9 @@ def test_every_n_steps_counts_optimizer_steps_not_batches(run_dir: Path) -> None
         run_dir, {"loss": [1.0]}, accumulate_grad_batches=2, callbacks=[checkpoint]
     )
     trainer.fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    folder = run_dir / "checkpoints"
+    assert files_in(folder) == ["last-epoch=0-step=2.ckpt", "last-epoch=0-step=3.ckpt"]
+    saved = load_checkpoint(folder / "last-epoch=0-step=3.ckpt")
     assert trainer.global_step == 3
     assert saved["state"]["global_step"] == 3
     assert saved["state"]["batches_in_epoch"] == 5
@@ -128,7 +153,11 @@ def test_rotation_never_deletes_files_outside_its_folder(tmp_path: Path) -> None
         callbacks=[ModelCheckpoint(monitor="val/loss", save_top_k=1)],
     ).fit()
     before = files_in(original / "checkpoints")
-    assert before == ["epoch=1-step=10.ckpt", "last.ckpt"]
+    assert before == [
+        "epoch=1-step=10.ckpt",
+        "last-epoch=0-step=5.ckpt",
+        "last-epoch=1-step=10.ckpt",
+    ]
 
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
@@ -139,7 +168,8 @@ def test_rotation_never_deletes_files_outside_its_folder(tmp_path: Path) -> None
     assert files_in(copy / "checkpoints") == [
         "epoch=1-step=10.ckpt",
         "epoch=3-step=20.ckpt",
-        "last.ckpt",
+        "last-epoch=2-step=15.ckpt",
+        "last-epoch=3-step=20.ckpt",
     ]
     assert resumed.best_model_path == str(copy / "checkpoints" / "epoch=3-step=20.ckpt")
 
@@ -154,10 +184,33 @@ def test_rotation_leaves_unrelated_files_in_its_folder(run_dir: Path) -> None:
     assert files_in(folder) == [
         "epoch=2-step=15.ckpt",
         "epoch=9-step=99.ckpt",
-        "last.ckpt",
+        "last-epoch=1-step=10.ckpt",
+        "last-epoch=2-step=15.ckpt",
         "notes.txt",
     ]
     assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_a_preemption_save_keeps_keep_last_files(run_dir: Path) -> None:
+    class TerminateAtStep7(Callback):
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            if trainer.global_step == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    checkpoint = ModelCheckpoint(every_n_steps=1, keep_last=5)
+    trainer = scripted_trainer(
+        run_dir, {"loss": [1.0] * 3}, callbacks=[checkpoint, TerminateAtStep7()]
+    )
+    with pytest.raises(SystemExit) as info:
+        trainer.fit()
+    assert info.value.code == 143
+    assert files_in(run_dir / "checkpoints") == [
+        "last-epoch=0-step=3.ckpt",
+        "last-epoch=0-step=4.ckpt",
+        "last-epoch=0-step=5.ckpt",
+        "last-epoch=1-step=6.ckpt",
+        "last-epoch=1-step=7.ckpt",
+    ]
 
 
 def test_monitor_never_logged_lists_the_logged_names(run_dir: Path) -> None:
@@ -178,17 +231,35 @@ def test_invalid_arguments_are_refused() -> None:
         ModelCheckpoint(every_n_steps=0)
     with pytest.raises(ValueError, match="mode='best' is not supported"):
         ModelCheckpoint(monitor="val/loss", mode="best")
+    with pytest.raises(ValueError, match=r"save_last=False\) would save nothing every_n_steps"):
+        ModelCheckpoint(monitor="val/loss", every_n_steps=5, save_last=False)
+    with pytest.raises(ValueError, match=r"save_last=False\) would save nothing.*monitor=\.\.\."):
+        ModelCheckpoint(save_last=False)
+    with pytest.raises(ValueError, match="keep_last must be >= 1, got 0"):
+        ModelCheckpoint(keep_last=0)
 
 
 def test_state_dict_round_trips_through_the_checkpoint(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=2)
     scripted_trainer(run_dir, {"loss": [0.5, 0.3, 0.4]}, callbacks=[checkpoint]).fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert saved["callbacks"]["ModelCheckpoint"] == checkpoint.state_dict()
+    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=2-step=15.ckpt")
+    state = saved["callbacks"]["ModelCheckpoint"]
+    assert state["best_k"] == checkpoint.best_k
+    assert state["best_model_path"] == checkpoint.best_model_path
 
     restored = ModelCheckpoint(monitor="val/loss", save_top_k=2)
-    restored.load_state_dict(saved["callbacks"]["ModelCheckpoint"])
-    assert restored.state_dict() == checkpoint.state_dict()
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+
+
+def test_a_last_state_file_records_its_own_path(run_dir: Path) -> None:
+    """A run resumed from a last-state file reports that file as `last_model_path`."""
+    checkpoint = ModelCheckpoint()
+    scripted_trainer(run_dir, {"loss": [0.5, 0.3]}, callbacks=[checkpoint]).fit()
+    newest = run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt"
+    assert checkpoint.last_model_path == str(newest)
+    saved = load_checkpoint(newest)["callbacks"]["ModelCheckpoint"]
+    assert saved["last_model_path"] == str(newest)
 
 
 def test_nan_score_ranks_below_every_number(run_dir: Path) -> None:
@@ -201,6 +272,7 @@ def test_nan_score_ranks_below_every_number(run_dir: Path) -> None:
     assert files_in(run_dir / "checkpoints") == [
         "epoch=2-step=15.ckpt",
         "epoch=3-step=20.ckpt",
-        "last.ckpt",
+        "last-epoch=2-step=15.ckpt",
+        "last-epoch=3-step=20.ckpt",
     ]
     assert checkpoint.best_model_path.endswith("epoch=2-step=15.ckpt")

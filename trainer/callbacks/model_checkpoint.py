@@ -48,6 +48,14 @@ class ModelCheckpoint(Callback):
     ) -> None:
         if save_top_k < -1:
             raise ValueError(f"save_top_k must be -1 (keep all) or >= 0, got {save_top_k}.")
+        if not save_last and (monitor is None or every_n_steps):
+            raise ValueError(
+                "ModelCheckpoint(save_last=False) would save nothing"
+                + (" every_n_steps" if every_n_steps else "")
+                + ": step saves and unranked saves write last-state files. Set save_last=True"
+                + ("" if every_n_steps else ", or monitor=... to keep the best checkpoints")
+                + "."
+            )
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}.")
         if every_n_steps is not None and every_n_steps < 1:
@@ -89,8 +97,9 @@ class ModelCheckpoint(Callback):
             return
         assert self.dirpath is not None
         self._saved_step = trainer.global_step
-        name = last_checkpoint_name(trainer.epoch, trainer.global_step)
-        self.last_model_path = str(trainer.save_checkpoint(self.dirpath / name))
+        path = self.dirpath / last_checkpoint_name(trainer.epoch, trainer.global_step)
+        self.last_model_path = str(path)  # before saving, so the file records its own path
+        trainer.save_checkpoint(path)
         rotate_last_checkpoints(self.dirpath, keep=self.keep_last)
 
     def _save_ranked(self, trainer: Trainer) -> None:

@@ -439,7 +439,7 @@ def test_callback_that_is_not_a_callback_is_refused(trainer_factory: Callable) -
     ("name", "kind"),
     [
         ("progress_bar", "ProgressBar"),
-        ("logger", "TensorBoardLogger"),
+        ("logger", "TensorBoardLogger or CSVLogger"),
         ("checkpoint", "ModelCheckpoint"),
     ],
 )

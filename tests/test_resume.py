@@ -75,6 +75,11 @@ def _scalar_steps(run_dir: Path, tag: str) -> list[int]:
     return [event.step for event in accumulator.Scalars(tag)]
 
 
+def _csv_steps(run_dir: Path) -> list[str]:
+    """The step column of the run's CSV log, in file order."""
+    return [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """The reference runs, one per number of loader workers."""
@@ -106,6 +111,7 @@ def test_sigkill_anywhere_then_resume_gives_identical_weights(
     expected_steps = _scalar_steps(uninterrupted[workers], "train/loss")
     assert _scalar_steps(tmp_path, "train/loss") == expected_steps, context
     assert _scalar_steps(tmp_path, "val/loss") == _scalar_steps(uninterrupted[workers], "val/loss")
+    assert _csv_steps(tmp_path) == _csv_steps(uninterrupted[workers]), context
 
 
 def test_sigterm_saves_at_the_next_step_and_exits_143(

@@ -10,6 +10,7 @@ from trainer.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
+    OverfittingMonitor,
     ProgressBar,
     TensorBoardLogger,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "EarlyStopping",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "OverfittingMonitor",
     "ProgressBar",
     "TensorBoardLogger",
     "TrainState",

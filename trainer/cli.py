@@ -2,7 +2,8 @@
 
 argparse reads the subcommand and its few flags; every other argument is a config override
 (`--trainer.max_epochs 3`, `--trainer.max_epochs=3` or `trainer.max_epochs=3`) handed to
-`trainer.config`, which merges, checks and builds the objects. A mistake in the input ends
+`trainer.config`, which merges, checks and builds the objects. `trainer plot RUN_DIR` draws a
+finished run from its CSV and needs no config. A mistake in the input ends
 with one `error: ...` line on stderr and exit status 2, never a traceback.
 """
 
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="print the merged config, overrides and interpolation applied, and exit",
         )
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run's losses, metrics and learning rate from its metrics.csv into a PNG",
+        description="Draw train vs validation loss, the metrics and the learning rate of a "
+        "run from RUN_DIR/metrics.csv into a PNG (needs matplotlib: the [plot] extra).",
+        allow_abbrev=False,
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (its trainer.run_dir)")
+    plot.add_argument(
+        "-o", "--output", metavar="PNG", help="where to write the image [RUN_DIR/metrics.png]"
+    )
     return parser
 
 
@@ -124,6 +136,8 @@ def overrides_to_dotlist(args: Sequence[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace, extras: list[str]) -> int:
+    if args.command == "plot":
+        return _plot(args, extras)
     if not args.config and not extras:
         raise ConfigError(
             f"no config given; pass --config FILE, e.g. "
@@ -163,7 +177,9 @@ def _fit(job: Job, ckpt_path: str | None) -> None:
     loaders = {"train_loader": _loader(job, "train_loader", "fit")}
     if callable(getattr(job.data, "val_loader", None)):
         loaders["val_loader"] = job.data.val_loader()
-    trainer = job.make_trainer(**loaders)
+    # The resolved config is the run's hyperparameters, unless the config sets its own.
+    hparams = {} if "hparams" in job.trainer_kwargs else {"hparams": dict(job.config)}
+    trainer = job.make_trainer(**loaders, **hparams)
     run_dir = Path(trainer.run_dir).resolve()
     # The run folder records exactly what produced it, overrides included.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +188,9 @@ def _fit(job: Job, ckpt_path: str | None) -> None:
     final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
     print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
     print(f"final metrics: {_format(final, ', ')}")
-    print(f"run files:     {run_dir} (config.yaml, checkpoints/, TensorBoard events)")
+    print(f"run files:     {run_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
     print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
+    print(f"plot them:     trainer plot {shlex.quote(str(run_dir))}")
 
 
 def _validate(job: Job, ckpt_path: str | None) -> None:
@@ -199,6 +216,19 @@ def _predict(job: Job, ckpt_path: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(predictions, path)
     print(f"predictions of {len(predictions)} batches saved to {path}")
+
+
+def _plot(args: argparse.Namespace, extras: list[str]) -> int:
+    from trainer.plot import PlotError, plot_run
+
+    if extras:
+        raise ConfigError(f"trainer plot takes RUN_DIR and --output only; got {extras}.")
+    try:
+        path = plot_run(args.run_dir, args.output)
+    except PlotError as error:
+        raise ConfigError(str(error)) from error
+    print(f"plot saved to {path}")
+    return 0
 
 
 def _format(metrics: Mapping[str, Any], separator: str) -> str:

@@ -7,12 +7,13 @@ device-to-host sync to ordinary steps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 
-__all__ = ["MetricFn", "RunningMeans", "accuracy", "is_stateful_metric"]
+__all__ = ["MetricFn", "RunningMeans", "Throughput", "accuracy", "is_stateful_metric"]
 
 
 class MetricFn(Protocol):
@@ -92,6 +93,31 @@ class RunningMeans:
 
     def __bool__(self) -> bool:
         return bool(self._sums) or bool(self._pending)
+
+
+class Throughput:
+    """Training samples per second between two readings, timed on the host.
+
+    Counting costs one integer addition per batch. The trainer reads the rate at log steps,
+    just after reading the loss made the host wait for the device, so the interval covers
+    finished work; it restarts the clock at each epoch so validation time is left out.
+    """
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self._since = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start a new interval now."""
+        self.samples = 0
+        self._since = time.perf_counter()
+
+    def rate(self) -> float:
+        """Samples per second since the last reading or restart; starts the next interval."""
+        now = time.perf_counter()
+        rate = self.samples / max(now - self._since, 1e-9)
+        self.samples, self._since = 0, now
+        return rate
 
 
 def compute_metrics(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from trainer.callbacks.base import Callback, CallbackList
+from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
@@ -36,7 +37,8 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.device import batch_size_of, move_to_device, resolve_device
-from trainer.metrics import RunningMeans, compute_metrics, is_stateful_metric
+from trainer.hparams import default_hparams
+from trainer.metrics import RunningMeans, Throughput, compute_metrics, is_stateful_metric
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, exit_code_for
@@ -80,6 +82,7 @@ class Trainer:
                         scheduler.step()                        # scheduler_interval="step"
                         global_step += 1
                         every log_every_n_steps steps: on_log(step figures, global_step)
+                                      # loss, lr, samples/s, grad norm when clipped or asked
                     on_train_batch_end(outputs, batch, batch_idx)
                     leave the epoch if should_stop or max_steps is reached
                     on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
@@ -125,10 +128,14 @@ class Trainer:
         seed: int | None = None,
         compile: bool | dict[str, Any] = False,
         progress_bar: bool | ProgressBar = True,
-        logger: bool | TensorBoardLogger = True,
+        logger: bool | TensorBoardLogger | CSVLogger = True,
         checkpoint: bool | ModelCheckpoint = True,
         nan_policy: str = "raise",
+        hparams: Mapping[str, Any] | None = None,
+        log_grad_norm: bool = False,
     ) -> None:
+        # First, while the only locals are the arguments: they give the default hyperparameters.
+        self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         _check_limits(max_epochs, max_steps)
@@ -155,7 +162,7 @@ class Trainer:
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
-        self.log_every_n_steps = log_every_n_steps
+        self.log_every_n_steps, self.log_grad_norm = log_every_n_steps, log_grad_norm
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self._check_default_steps_have_loss()
         self.optimizer: torch.optim.Optimizer | None = None
@@ -171,8 +178,8 @@ class Trainer:
         self.last_batch_size = 0
         self._phase: str | None = None
         self._step_logs: dict[str, torch.Tensor | float] = {}
-        self._train_means = RunningMeans()
-        self._eval_means = RunningMeans()
+        self._train_means, self._eval_means = RunningMeans(), RunningMeans()
+        self._throughput = Throughput()
         self._epoch_done = False
         self._last_logged_step = -1
         self._sampler: ResumableSampler | None = None
@@ -207,6 +214,14 @@ class Trainer:
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
         self.state.should_stop = bool(value)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True in the process that writes logs and files: the only one, or rank 0 of many."""
+        distributed = torch.distributed
+        return not (distributed.is_available() and distributed.is_initialized()) or (
+            distributed.get_rank() == 0
+        )
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -325,10 +340,12 @@ class Trainer:
         self._step_logs.clear()
         first = self.state.batches_in_epoch
         self._epoch_length = self.num_train_batches  # len() of a DataLoader is not free
+        self._throughput.restart()
         is_exhausted = True
         for batch_idx, batch in enumerate(self._epoch_batches(first), start=first):
             batch = move_to_device(batch, self.device)
             self.last_batch_size = batch_size_of(batch) or 1
+            self._throughput.samples += self.last_batch_size
             self._phase = "train"
             self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
             outputs = self._run_train_batch(batch, batch_idx)
@@ -390,6 +407,11 @@ class Trainer:
         if self.gradient_clip_val is not None:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
+            self._step_logs["train/grad_norm"] = norm
+        elif self.log_grad_norm and (self.state.global_step + 1) % self.log_every_n_steps == 0:
+            # Only on log steps: the norm is a reduction over every gradient.
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+            norm = nn.utils.get_total_norm([grad for grad in grads if grad is not None])
             self._step_logs["train/grad_norm"] = norm
         self.callbacks.call("on_before_optimizer_step", self, optimizer)
         stepped = self.precision.step(optimizer)
@@ -492,6 +514,7 @@ class Trainer:
         """Read this step's logged values from the device and hand them to loggers."""
         figures = {name: float(value) for name, value in self._step_logs.items()}
         self._check_finite_loss(figures.get("train/loss"))
+        figures["train/samples_per_sec"] = self._throughput.rate()  # after float() waited
         figures |= learning_rates(self.optimizer)
         self.state.metrics.update(figures)
         self._last_logged_step = self.state.global_step
@@ -706,21 +729,26 @@ def _assemble_callbacks(
     callbacks: list[Callback], progress_bar: Any, logger: Any, checkpoint: Any
 ) -> list[Callback]:
     """Defaults first, then the user's; callbacks that save checkpoints go last so they
-    capture every other callback's state for the step."""
+    capture every other callback's state for the step.
+
+    `logger` stands for two defaults, TensorBoard and CSV; an instance of one replaces that
+    one, and an instance in `callbacks` replaces the default of its class."""
     defaults: list[Callback] = []
-    for name, wanted, kind in (
-        ("progress_bar", progress_bar, ProgressBar),
-        ("logger", logger, TensorBoardLogger),
-        ("checkpoint", checkpoint, ModelCheckpoint),
+    for name, wanted, kinds in (
+        ("progress_bar", progress_bar, (ProgressBar,)),
+        ("logger", logger, (TensorBoardLogger, CSVLogger)),
+        ("checkpoint", checkpoint, (ModelCheckpoint,)),
     ):
-        if isinstance(wanted, kind):
-            defaults.append(wanted)
-        elif wanted is True and not any(isinstance(cb, kind) for cb in callbacks):
-            defaults.append(kind())
-        elif not isinstance(wanted, bool):
+        if not isinstance(wanted, (bool, *kinds)):
+            choices = " or ".join(kind.__name__ for kind in kinds)
             raise TypeError(
-                f"{name} must be True, False or a {kind.__name__}, got {type(wanted).__name__}."
+                f"{name} must be True, False or a {choices}, got {type(wanted).__name__}."
             )
+        for kind in kinds:
+            if isinstance(wanted, kind):
+                defaults.append(wanted)
+            elif wanted is not False and not any(isinstance(cb, kind) for cb in callbacks):
+                defaults.append(kind())
     ordered = defaults + callbacks
     return sorted(ordered, key=lambda callback: isinstance(callback, ModelCheckpoint))
 

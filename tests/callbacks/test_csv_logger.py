@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from trainer import Trainer
-from trainer.callbacks import Callback, CSVLogger
+from trainer.callbacks import Callback, CSVLogger, ModelCheckpoint
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -96,3 +97,45 @@ def test_resume_keeps_rows_up_to_the_checkpoint_and_drops_later_ones(
     _, rows = read_rows(path)
     assert [row["step"] for row in rows] == ["5", "10", "15"]
     assert all(row["train/loss"] != "99.0" for row in rows)
+
+
+def test_every_row_up_to_a_checkpoint_is_on_disk_before_the_checkpoint(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    """A run killed right after a mid-epoch checkpoint keeps the rows before it."""
+
+    class ReadsAtSave(Callback):
+        def __init__(self) -> None:
+            self.seen: dict[int, list[str]] = {}
+
+        def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+            rows = read_rows(run_dir / "metrics.csv")[1]
+            self.seen[trainer.global_step] = [row["step"] for row in rows]
+
+    reader = ReadsAtSave()
+    trainer_factory(
+        callbacks=[CSVLogger(), reader, ModelCheckpoint(every_n_steps=3)],
+        log_every_n_steps=1,
+        max_epochs=1,
+    ).fit()
+    assert reader.seen[3] == ["1", "2", "3"]
+
+
+def test_on_by_default_and_off_with_logger_false(trainer_factory: Callable, run_dir: Path) -> None:
+    trainer_factory(logger=True, max_epochs=1).fit()
+    assert [row["step"] for row in read_rows(run_dir / "metrics.csv")[1]] == ["5"]
+    (run_dir / "metrics.csv").unlink()
+    trainer_factory(logger=False, max_epochs=1).fit()
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_default_logger_rows_hold_throughput_and_every_figure(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    trainer_factory(logger=True, log_every_n_steps=5, max_epochs=1).fit()
+    header, [row] = read_rows(run_dir / "metrics.csv")
+    assert header == [
+        "step", "train/loss", "train/samples_per_sec", "lr",
+        "train/loss_epoch", "epoch", "val/loss", "val/acc",
+    ]  # fmt: skip
+    assert all(row[name] != "" for name in header)

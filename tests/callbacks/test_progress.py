@@ -48,7 +48,7 @@ def test_forced_bar_draws_tqdm_on_stderr_with_the_batch_count(
     assert "Epoch 1/2" in captured.err
     assert "Epoch 2/2" in captured.err
     assert "5/5" in captured.err
-    assert "batch" in captured.err
+    assert "100%|" in captured.err
     assert "val/loss=" in captured.err
     assert captured.out == ""
 
@@ -71,3 +71,26 @@ def test_progress_bar_false_prints_nothing(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ""
+
+
+def test_forced_bar_says_when_it_is_validating_without_a_bar_of_its_own(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer_factory(progress_bar=ProgressBar(force=True), max_epochs=2).fit()
+    err = capsys.readouterr().err
+    assert "Epoch 1/2 (validating)" in err
+    assert "Epoch 2/2 (validating)" in err
+    assert "val/loss=" in err
+    # One bar per epoch: every redraw starts with the training bar's description.
+    redraws = [part for part in err.replace("\n", "\r").split("\r") if part.strip()]
+    assert all(part.startswith("Epoch ") for part in redraws)
+
+
+def test_redraws_show_the_latest_loss_and_samples_per_second(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bar = ProgressBar(force=True, refresh_rate=1e9)  # every batch is due for a redraw
+    trainer_factory(progress_bar=bar, max_epochs=1, train_loader=make_loader(n=40)).fit()
+    err = capsys.readouterr().err
+    assert "loss=" in err
+    assert "samples/s=" in err

@@ -162,3 +162,99 @@ def test_resume_drops_points_written_after_the_checkpoint(
     points = read_scalars(run_dir)["val/loss"]
     assert steps_of(points) == [5, 10, 15]
     assert points[-1][1] == pytest.approx(history[-1]["val/loss"])
+
+
+def read_events(folder: Path) -> EventAccumulator:
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
+RUN_DESCRIPTION = (
+    "_hparams_/session_start_info",
+    "config/text_summary",
+    "custom_scalars__config__",
+)
+
+
+def test_a_fresh_run_describes_itself_once_and_a_resume_adds_nothing(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    trainer_factory(logger=True, checkpoint=True, hparams={"optimizer": {"lr": 0.1}}).fit()
+    start_a_new_second()
+    trainer_factory(logger=True, checkpoint=True, max_epochs=3).fit(ckpt_path="last")
+    events = read_events(run_dir)
+    for tag in RUN_DESCRIPTION:
+        assert [event.step for event in events.Tensors(tag)] == [0], tag
+    [text] = events.Tensors("config/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == "    optimizer:\n      lr: 0.1"
+    assert events.SummaryMetadata("_hparams_/session_start_info").plugin_data.plugin_name == (
+        "hparams"
+    )
+
+
+def test_log_hparams_false_writes_no_hparams_or_config(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    trainer_factory(logger=TensorBoardLogger(log_hparams=False), max_epochs=1).fit()
+    tensors = read_events(run_dir).Tags()["tensors"]
+    assert tensors == ["custom_scalars__config__"]
+
+
+def test_histograms_of_weights_and_gradients_every_n_epochs(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    """5 batches per epoch: epochs 2 and 4 end at steps 10 and 20."""
+    logger = TensorBoardLogger(histogram_every_n_epochs=2)
+    trainer_factory(logger=logger, max_epochs=4).fit()
+    events = read_events(run_dir)
+    names = {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert set(events.Tags()["histograms"]) == {
+        f"{kind}/{name}" for kind in ("weights", "gradients") for name in names
+    }
+    for tag in ("weights/0.weight", "gradients/3.bias"):
+        assert [event.step for event in events.Histograms(tag)] == [10, 20], tag
+    assert events.Histograms("weights/0.weight")[0].histogram_value.num == 32 * 64
+
+
+def test_no_histograms_unless_asked(trainer_factory: Callable, run_dir: Path) -> None:
+    trainer_factory(logger=True, max_epochs=1).fit()
+    assert read_events(run_dir).Tags()["histograms"] == []
+
+
+@pytest.mark.parametrize("every", [0, -2, 1.5, True])
+def test_histogram_interval_must_be_a_positive_integer(every: object) -> None:
+    with pytest.raises(ValueError, match="histogram_every_n_epochs must be a positive integer"):
+        TensorBoardLogger(histogram_every_n_epochs=every)  # type: ignore[arg-type]
+
+
+def test_every_point_up_to_a_checkpoint_is_on_disk_before_the_checkpoint(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    """A run killed right after a mid-epoch checkpoint must not lose points before it."""
+
+    class ReadsAtSave(Callback):
+        def __init__(self) -> None:
+            self.seen: dict[int, list[int]] = {}
+
+        def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+            self.seen[trainer.global_step] = steps_of(read_scalars(run_dir)["train/loss"])
+
+    reader = ReadsAtSave()
+    trainer_factory(
+        logger=True,
+        log_every_n_steps=1,
+        max_epochs=1,
+        callbacks=[reader, ModelCheckpoint(every_n_steps=3, save_last=True)],
+    ).fit()
+    assert reader.seen[3] == [1, 2, 3]
+
+
+def test_throughput_and_grad_norm_are_scalars_when_logged(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    trainer_factory(logger=True, log_every_n_steps=2, gradient_clip_val=1.0).fit()
+    scalars = read_scalars(run_dir)
+    assert steps_of(scalars["train/samples_per_sec"]) == [2, 4, 6, 8, 10]
+    assert steps_of(scalars["train/grad_norm"]) == [2, 4, 6, 8, 10]
+    assert all(value > 0 for _, value in scalars["train/samples_per_sec"])

@@ -6,6 +6,7 @@ from trainer.callbacks.early_stopping import EarlyStopping
 from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import MissingMetricError, Monitor
+from trainer.callbacks.overfitting import OverfittingMonitor, OverfittingWarning
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
 
@@ -18,6 +19,8 @@ __all__ = [
     "MissingMetricError",
     "ModelCheckpoint",
     "Monitor",
+    "OverfittingMonitor",
+    "OverfittingWarning",
     "ProgressBar",
     "TensorBoardLogger",
 ]

@@ -1,9 +1,10 @@
 """`CSVLogger`: every logged figure as a row per step in a plain CSV file.
 
 Rows are kept by step, so the step figures and the epoch figures of one step share a row.
-The file is rewritten whole at each epoch end (a rename, so it is never half written),
-which keeps its columns stable when new names appear; a resumed run reads it back and
-drops the rows a killed run wrote after its checkpoint.
+The file is rewritten whole at each epoch end and before each checkpoint (a rename, so it
+is never half written), which keeps its columns stable when new names appear; a resumed run
+reads it back, keeps every row up to its checkpoint and drops the rows a killed run wrote
+after it, so each step appears exactly once. Only the global-zero process writes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
 
@@ -31,11 +32,13 @@ class CSVLogger(Callback):
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self._rows: dict[int, dict[str, float]] = {}
+        self._is_writing = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Pick up the rows of an earlier run up to the step this run continues from."""
         self.path = self.path or trainer.run_dir / "metrics.csv"
         self._rows = {}
+        self._is_writing = trainer.is_global_zero
         if trainer.global_step and self.path.exists():
             with self.path.open(newline="") as file:
                 for row in csv.DictReader(file):
@@ -45,10 +48,15 @@ class CSVLogger(Callback):
 
     def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
         """Merge these figures into the row of `step`."""
-        self._rows.setdefault(step, {}).update(metrics)
+        if self._is_writing:
+            self._rows.setdefault(step, {}).update(metrics)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         """Write the file so far."""
+        self._write()
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        """Write the file, so every row up to the checkpoint is on disk before it is."""
         self._write()
 
     def on_fit_end(self, trainer: Trainer) -> None:

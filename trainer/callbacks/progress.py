@@ -3,7 +3,8 @@
 The bar reads the loss from the device only when it is about to redraw (at most
 `refresh_rate` times a second), so it adds no per-step host sync. When output is not a
 terminal it stays silent per step and prints one line per epoch instead, so log files
-and CI output stay short.
+and CI output stay short. Validation renames the bar instead of drawing its own, and only
+the global-zero process draws or prints.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ProgressBar(Callback):
         self._last_draw = 0.0
         self._epoch_start = 0.0
         self._samples = 0
+        self._is_shown = False
 
     def _is_interactive(self) -> bool:
         return self.force or sys.stderr.isatty() or _in_notebook()
@@ -45,7 +47,8 @@ class ProgressBar(Callback):
         """Open this epoch's bar."""
         self._epoch_start = self._last_draw = time.monotonic()
         self._samples = 0
-        if not self._is_interactive():
+        self._is_shown = trainer.is_global_zero
+        if not self._is_shown or not self._is_interactive():
             return
         from tqdm.auto import tqdm
 
@@ -58,6 +61,8 @@ class ProgressBar(Callback):
             dynamic_ncols=True,
             unit="batch",
             mininterval=self.refresh_interval,
+            # batches/s gives way to samples/s in the postfix, leaving room for the figures
+            bar_format=_BAR_FORMAT if total is not None else None,
         )
 
     def on_train_batch_end(
@@ -72,14 +77,24 @@ class ProgressBar(Callback):
         if now - self._last_draw >= self.refresh_interval:
             self._last_draw = now
             rate = self._samples / max(now - self._epoch_start, 1e-9)
-            self._bar.set_postfix(
-                loss=f"{float(outputs['loss']):.4f}", samples_s=f"{rate:.0f}", refresh=False
-            )
+            postfix = {"loss": f"{float(outputs['loss']):.4f}", "samples/s": f"{rate:.0f}"}
+            self._bar.set_postfix(postfix, refresh=False)
+
+    def on_validation_start(self, trainer: Trainer) -> None:
+        """Say the epoch is validating, so a long validation does not look like a hang."""
+        if self._bar is not None:
+            self._bar.set_description_str(f"{self._bar.desc} (validating)", refresh=False)
+            self._bar.set_postfix_str("", refresh=True)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         """Close the bar with the epoch's figures, or print them as one line."""
+        if not self._is_shown:
+            return
         figures = _format_figures(trainer.metrics)
         if self._bar is not None:
+            self._bar.set_description_str(
+                self._bar.desc.removesuffix(" (validating)"), refresh=False
+            )
             self._bar.set_postfix_str(figures, refresh=False)
             self._bar.close()
             self._bar = None
@@ -93,6 +108,12 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+_BAR_FORMAT = (
+    "{desc}: {percentage:3.0f}%|{bar}| "
+    "{n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+)
 
 
 def _format_figures(metrics: dict[str, float]) -> str:

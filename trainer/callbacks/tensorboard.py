@@ -1,42 +1,99 @@
-"""`TensorBoardLogger`: every figure passed to `on_log` becomes a TensorBoard scalar.
+"""`TensorBoardLogger`: the run as TensorBoard dashboards, written from the figures of `on_log`.
 
-Tags are the metric names themselves (`train/loss`, `val/acc`, `lr`, ...), plotted
-against the optimizer step. tensorboard is imported only when a run starts.
+Scalars carry the metric names themselves (`train/loss`, `val/acc`, `lr`, ...) against the
+optimizer step. A fresh run also records its hyperparameters for the HParams tab, its config as
+text, and a Custom Scalars layout that puts training and validation loss on one chart, so
+overfitting shows at a glance. tensorboard is imported only when a run starts, and only the
+global-zero process writes.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
+from trainer.hparams import flatten_hparams, plain_hparams
 
 if TYPE_CHECKING:
+    import torch
+
     from trainer.trainer import Trainer
 
 __all__ = ["TensorBoardLogger"]
 
 
 class TensorBoardLogger(Callback):
-    """Write scalars to TensorBoard event files.
+    """Write scalars, hyperparameters, the config and optional histograms to TensorBoard.
 
     Args:
         log_dir: where the event files go; the trainer's `run_dir` when None.
+        log_hparams: record `trainer.hparams` for the HParams tab, where each run's last
+            value of every scalar (`val/loss`, `val/acc`, ...) stands beside them.
+        histogram_every_n_epochs: every N epochs, write a histogram of each parameter
+            (`weights/NAME`) at the epoch's end and of its gradient (`gradients/NAME`) at the
+            epoch's last optimizer step; None writes none (they cost a device-to-host copy).
 
-    Open the dashboard with `tensorboard --logdir RUN_DIR`.
+    Open the dashboards with `tensorboard --logdir RUN_DIR`.
+
+    Example:
+        >>> Trainer(model, ..., logger=TensorBoardLogger(histogram_every_n_epochs=5))
     """
 
-    def __init__(self, log_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path | None = None,
+        log_hparams: bool = True,
+        histogram_every_n_epochs: int | None = None,
+    ) -> None:
+        if histogram_every_n_epochs is not None and (
+            isinstance(histogram_every_n_epochs, bool)
+            or not isinstance(histogram_every_n_epochs, int)
+            or histogram_every_n_epochs < 1
+        ):
+            raise ValueError(
+                f"histogram_every_n_epochs must be a positive integer or None, got "
+                f"{histogram_every_n_epochs!r}."
+            )
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.log_hparams = log_hparams
+        self.histogram_every_n_epochs = histogram_every_n_epochs
         self._writer: Any = None
+        self._epoch_length: int | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Open the writer; on resume, drop points a killed run wrote after its checkpoint."""
+        if not trainer.is_global_zero:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = self.log_dir or trainer.run_dir
         purge_step = trainer.global_step + 1 if trainer.global_step else None
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        if trainer.global_step == 0:  # a resumed run has these from its start
+            self._write_run_description(trainer)
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        """Note the epoch's length, to find its last optimizer step for gradient histograms."""
+        if self._is_histogram_epoch(trainer):
+            self._epoch_length = trainer.num_train_batches
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Write gradient histograms at the last step of a histogram epoch."""
+        if not self._is_histogram_epoch(trainer):
+            return
+        done = trainer.state.batches_in_epoch
+        is_last = done == self._epoch_length
+        if is_last or (self._epoch_length is None and done <= trainer.accumulate_grad_batches):
+            for name, parameter in trainer.model.named_parameters():
+                if parameter.grad is not None:
+                    self._writer.add_histogram(
+                        f"gradients/{name}", parameter.grad, global_step=trainer.global_step + 1
+                    )
 
     def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
         """Write each figure at `step`."""
@@ -46,19 +103,95 @@ class TensorBoardLogger(Callback):
             self._writer.add_scalar(name, value, global_step=step)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
-        """Flush so the dashboard shows the epoch and a killed run loses nothing logged."""
+        """Write weight histograms when due; flush so a killed run loses nothing logged."""
+        if self._writer is None:
+            return
+        if self._is_histogram_epoch(trainer):
+            for name, parameter in trainer.model.named_parameters():
+                self._writer.add_histogram(
+                    f"weights/{name}", parameter.detach(), global_step=trainer.global_step
+                )
+        self._writer.flush()
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        """Flush, so every point up to the checkpoint is on disk before it is."""
         if self._writer is not None:
             self._writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        """Close the event file."""
+        """Mark the HParams session finished and close the event file."""
+        if self._writer is not None and self.log_hparams:
+            self._writer.file_writer.add_summary(_session_end(), global_step=trainer.global_step)
         self._close()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """Close the event file so what was logged stays readable."""
         self._close()
 
+    def _is_histogram_epoch(self, trainer: Trainer) -> bool:
+        every = self.histogram_every_n_epochs
+        return self._writer is not None and every is not None and (trainer.epoch + 1) % every == 0
+
+    def _write_run_description(self, trainer: Trainer) -> None:
+        """Hyperparameters, config text and the chart layout, at step 0 of a fresh run."""
+        if self.log_hparams and trainer.hparams:
+            from tensorboard.plugins.hparams import summary_v2
+
+            flat = flatten_hparams(trainer.hparams)
+            self._writer.file_writer.add_summary(
+                summary_v2.hparams_pb(flat, start_time_secs=time.time()), global_step=0
+            )
+            self._writer.add_text("config", _as_markdown_yaml(trainer.hparams), global_step=0)
+        self._writer.add_custom_scalars(_layout(trainer))
+        self._writer.flush()
+
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _layout(trainer: Trainer) -> dict[str, dict[str, list[Any]]]:
+    """Custom Scalars charts: each figure of training beside its validation counterpart."""
+
+    def chart(*tags: str) -> list[Any]:
+        return ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
+
+    compared = {"loss": chart("train/loss_epoch", "val/loss")}
+    if trainer.val_loader is not None:
+        compared |= {
+            name: chart(f"train/{name}_epoch", f"val/{name}") for name in trainer.metric_fns
+        }
+    return {
+        "train vs validation": compared,
+        "optimization": {
+            "learning rate": ["Multiline", [r"^lr(/group\d+)?$"]],
+            "gradient norm": chart("train/grad_norm"),
+            "throughput (samples/s)": chart("train/samples_per_sec"),
+        },
+    }
+
+
+def _session_end() -> Any:
+    """The HParams plugin's record that the session ended well (its API needs TensorFlow)."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=metadata.SESSION_END_INFO_TAG,
+        metadata=metadata.create_summary_metadata(
+            plugin_data_pb2.HParamsPluginData(session_end_info=end)
+        ),
+        tensor=metadata.NULL_TENSOR,
+    )
+    return summary
+
+
+def _as_markdown_yaml(hparams: dict[str, Any]) -> str:
+    """The hyperparameters as YAML, indented so TensorBoard's markdown shows it verbatim."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.create(plain_hparams(hparams)))
+    return "\n".join(f"    {line}" for line in text.splitlines())

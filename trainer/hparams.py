@@ -1,0 +1,94 @@
+"""A run's hyperparameters: what they are by default, and their flat form for dashboards.
+
+`Trainer(hparams=...)` takes any mapping (the command line passes the resolved config). Without
+one, the trainer records its own plain-valued options and the class names of its objects, so
+every run has something to compare in TensorBoard's HParams tab. Dashboards want flat names
+with scalar values, so nested configs become dotted names (`optimizer.lr`) and lists become text.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["default_hparams", "flatten_hparams", "plain_hparams"]
+
+# Constructor options that are plumbing, not choices that change the result.
+_NOT_HYPERPARAMETERS = frozenset(
+    {"self", "model", "train_loader", "val_loader", "callbacks", "run_dir", "metrics",
+     "progress_bar", "logger", "checkpoint", "hparams", "device", "log_every_n_steps"}
+)  # fmt: skip
+_OBJECTS = ("optimizer", "loss_fn", "scheduler")
+
+
+def default_hparams(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of a Trainer built with `options` (its constructor's arguments).
+
+    Keeps plain values (numbers, strings, booleans, None), names the model, optimizer, loss
+    and scheduler by class, and adds the optimizer's `lr` and the loader's `batch_size`,
+    the two numbers people compare runs by first.
+    """
+    hparams: dict[str, Any] = {"model": type(options["model"]).__name__}
+    for name, value in options.items():
+        if name in _NOT_HYPERPARAMETERS:
+            continue
+        if name in _OBJECTS:
+            if value is not None:
+                hparams[name] = _name_of(value)
+        elif _is_plain(value):
+            hparams[name] = value
+    lr = getattr(options.get("optimizer"), "defaults", {}).get("lr")
+    if isinstance(lr, (int, float)):
+        hparams["lr"] = lr
+    batch_size = getattr(options.get("train_loader"), "batch_size", None)
+    if isinstance(batch_size, int):
+        hparams["batch_size"] = batch_size
+    return hparams
+
+
+def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy holding only mappings, lists and scalars, so YAML and JSON can write it."""
+    return {str(name): _plain(value) for name, value in hparams.items()}
+
+
+def flatten_hparams(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted names to scalars: `{"optimizer": {"lr": 0.1}}` becomes `{"optimizer.lr": 0.1}`.
+
+    Lists of mappings are numbered (`callbacks.0.patience`); other lists and values become
+    their text, and None becomes "None", because the HParams tab holds numbers, strings and
+    booleans only.
+    """
+    flat: dict[str, Any] = {}
+    for name, value in hparams.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value):
+            value = dict(enumerate(value))
+        if isinstance(value, Mapping):
+            flat |= flatten_hparams(value, prefix=f"{key}.")
+        elif isinstance(value, (bool, int, float, str)):
+            flat[key] = value
+        else:
+            flat[key] = str(_plain(value))
+    return flat
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return plain_hparams(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value if _is_plain(value) else _name_of(value)
+
+
+def _name_of(value: Any) -> str:
+    """A readable name for an object: a factory's target, a function's or a class's name."""
+    if isinstance(value, functools.partial):
+        return _name_of(value.func)
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return value.__qualname__
+    return type(value).__name__

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import torch
+from conftest import make_loader, make_mlp, make_trainer
 
-from trainer.device import batch_size_of, move_to_device, resolve_device
+from trainer.device import batch_size_of, batches_on_device, move_to_device, resolve_device
 
 CPU = torch.device("cpu")
 # "meta" is a real device on every machine: a move there is visible without a GPU.
@@ -113,6 +116,77 @@ def test_leaves_values_without_tensors_untouched() -> None:
 def test_moving_to_the_same_device_returns_the_same_tensors() -> None:
     tensor = torch.ones(2)
     assert move_to_device((tensor,), CPU)[0] is tensor
+
+
+def test_a_dtype_casts_floating_tensors_and_keeps_integer_ones() -> None:
+    batch = {"pixels": torch.ones(2, 3), "label": torch.tensor([1, 2]), "mask": torch.ones(2) > 0}
+    moved = move_to_device(batch, META, dtype=torch.bfloat16)
+    assert moved["pixels"].dtype == torch.bfloat16
+    assert moved["label"].dtype == torch.int64
+    assert moved["mask"].dtype == torch.bool
+    assert devices_in(moved) == {"meta"}
+
+
+# -------------------------------------------------------------------------- batches_on_device
+class CountingLoader:
+    """Batches of a known sequence, counting how many were taken."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in range(self.count):
+            self.taken += 1
+            yield torch.full((2, 3), float(index)), torch.tensor([index, index])
+
+
+def _check_moved_in_order_without_reading_ahead(device: torch.device) -> None:
+    loader = CountingLoader(3)
+    batches = batches_on_device(loader, device)
+    inputs, targets = next(batches)
+    assert loader.taken == 1  # the loader's next batch is not drawn early
+    assert inputs.device.type == targets.device.type == device.type
+    rest = list(batches)
+    assert loader.taken == 3
+    assert [int(batch[1][0]) for batch in rest] == [1, 2]
+    assert torch.equal(rest[-1][0].cpu(), torch.full((2, 3), 2.0))
+
+
+def test_batches_on_device_come_in_order_one_at_a_time() -> None:
+    _check_moved_in_order_without_reading_ahead(CPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_copies_on_a_side_stream_arrive_complete_and_in_order() -> None:
+    _check_moved_in_order_without_reading_ahead(torch.device("cuda"))
+    pinned = [(torch.randn(256, 1024).pin_memory(), torch.arange(256)) for _ in range(8)]
+    totals = [float(inputs.sum() + targets.sum()) for inputs, targets in pinned]
+    moved_totals = []
+    for inputs, targets in batches_on_device(pinned, torch.device("cuda")):
+        work = inputs @ inputs.T  # keeps the compute stream busy while the next copy runs
+        moved_totals.append(float(inputs.sum() + targets.sum() + 0 * work.sum()))
+    assert moved_totals == pytest.approx(totals)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_run_pins_its_loader_and_matches_a_hand_written_loop(run_dir: Path) -> None:
+    trainer = make_trainer(run_dir, model=make_mlp(), device="cuda", val_loader=None)
+    trainer.fit()
+    assert trainer.train_loader.pin_memory
+
+    model = make_mlp().cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        for inputs, targets in make_loader():
+            loss = torch.nn.functional.cross_entropy(model(inputs.cuda()), targets.cuda())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(trainer.model.state_dict()[name], tensor, atol=1e-6), name
 
 
 # ----------------------------------------------------------------------------- resolve_device

@@ -1,30 +1,43 @@
 """`Precision`: the numeric format of a run as one object with fixed verbs.
 
-The loop calls `autocast()`, `backward()`, `unscale()` and `step()` the same way in every
-mode; "16-mixed" gets a live GradScaler and the other modes a disabled one, so the loop
-never branches on precision.
+The loop calls `convert_module()` once, then `autocast()`, `backward()`, `unscale()` and
+`step()` the same way in every mode, and moves floating-point inputs to `input_dtype`;
+"16-mixed" gets a live GradScaler and the other modes a disabled one, so the loop never
+branches on precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import torch
+from torch import nn
 
 __all__ = ["Precision", "PrecisionName"]
 
-PrecisionName = Literal["32", "16-mixed", "bf16-mixed"]
+PrecisionName = Literal["32", "16-mixed", "bf16-mixed", "bf16-true"]
 PRECISION_CHOICES: tuple[str, ...] = get_args(PrecisionName)
 
 
 class Precision:
-    """Autocast, loss scaling and the optimizer step for one precision setting.
+    """Autocast, loss scaling, weight format and the optimizer step for one precision setting.
 
     Args:
-        name: `"32"` (full precision), `"16-mixed"` (float16 autocast with a GradScaler)
-            or `"bf16-mixed"` (bfloat16 autocast, no scaling needed).
+        name: `"32"` (full precision), `"16-mixed"` (float16 autocast with a GradScaler),
+            `"bf16-mixed"` (bfloat16 autocast over float32 weights, no scaling needed) or
+            `"bf16-true"` (weights, inputs and activations in bfloat16: half the memory,
+            less exact updates).
         device: where the run computes; autocast is set up for its type.
+
+    Example:
+        >>> precision = Precision("16-mixed", torch.device("cuda"))
+        >>> with precision.autocast():
+        ...     loss = loss_fn(model(inputs), targets)
+        >>> precision.backward(loss)
+        >>> precision.unscale(optimizer)      # before clipping or reading gradients
+        >>> stepped = precision.step(optimizer)  # False: skipped for inf/nan gradients
     """
 
     def __init__(self, name: str, device: torch.device) -> None:
@@ -36,14 +49,29 @@ class Precision:
             )
         self.name = name
         self.device = device
-        self._dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(name)
+        self._autocast_dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(name)
+        # Floating-point batch tensors are cast to this on their way to the device.
+        self.input_dtype: torch.dtype | None = torch.bfloat16 if name == "bf16-true" else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "16-mixed")
+        self._watched: torch.optim.Optimizer | None = None
+        self._has_stepped = False
+
+    def convert_module(self, model: nn.Module) -> nn.Module:
+        """Put the weights in this mode's format ("bf16-true": bfloat16; others: unchanged).
+
+        Parameters are converted in place, so an optimizer built on them still holds them.
+        """
+        if self.input_dtype is not None:
+            model.to(dtype=self.input_dtype)
+        return model
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The context the forward pass and loss run in."""
-        if self._dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._dtype)
+        if self._autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+        if self.input_dtype is not None:
+            return _default_dtype(self.input_dtype)
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate `loss`, scaled first when a GradScaler is live."""
@@ -58,10 +86,24 @@ class Precision:
         if not self.scaler.is_enabled():
             optimizer.step()
             return True
-        scale_before = self.scaler.get_scale()
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            # Fused optimizers always run and skip on the device; only the scale tells.
+            scale_before = self.scaler.get_scale()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() >= scale_before
+        if optimizer is not self._watched:
+            # A post-step hook says whether optimizer.step() ran, without reading the scale
+            # back from the device (a second host sync per step on CUDA).
+            optimizer.register_step_post_hook(self._note_step)
+            self._watched = optimizer
+        self._has_stepped = False
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self.scaler.get_scale() >= scale_before
+        return self._has_stepped
+
+    def _note_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._has_stepped = True
 
     def state_dict(self) -> dict[str, Any]:
         """The scaler's state (empty when no scaler is live)."""
@@ -71,3 +113,14 @@ class Precision:
         """Restore the scaler from `state_dict()` output."""
         if state:
             self.scaler.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Tensors a forward pass creates (masks, positions, zeros) match bfloat16 weights."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -107,8 +107,13 @@ def why_not_resumable(loader: Iterable[Any]) -> str | None:
     return f"it uses a {type(sampler).__name__}"
 
 
-def make_resumable(loader: DataLoader) -> tuple[DataLoader, ResumableSampler]:
-    """The same loader (same order, same settings) driven by a `ResumableSampler`."""
+def make_resumable(
+    loader: DataLoader, pin_memory: bool = False
+) -> tuple[DataLoader, ResumableSampler]:
+    """The same loader (same order, same settings) driven by a `ResumableSampler`.
+
+    `pin_memory=True` also pins its batches, so copies to a GPU can run asynchronously.
+    """
     if isinstance(loader.sampler, ResumableSampler):
         return loader, loader.sampler
     original = loader.sampler
@@ -123,6 +128,7 @@ def make_resumable(loader: DataLoader) -> tuple[DataLoader, ResumableSampler]:
         if name not in ("self", "dataset", "shuffle", "sampler", "batch_sampler")
         and hasattr(loader, name)
     }
+    settings["pin_memory"] = settings.get("pin_memory", False) or pin_memory
     return DataLoader(loader.dataset, sampler=sampler, **settings), sampler
 
 

@@ -23,6 +23,8 @@ class TrainState:
         batches_in_epoch: training batches already consumed in the current epoch.
         should_stop: set by anyone to end the run after the current step.
         skipped_batches: batches left out for a non-finite loss (`nan_policy="skip"`).
+        skipped_steps: optimizer steps the "16-mixed" GradScaler skipped for inf/nan
+            gradients; they count in `global_step` but do not advance a step scheduler.
         metrics: the latest value of every logged name, as floats.
     """
 
@@ -31,6 +33,7 @@ class TrainState:
     batches_in_epoch: int = 0
     should_stop: bool = False
     skipped_batches: int = 0
+    skipped_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
@@ -44,4 +47,5 @@ class TrainState:
         self.batches_in_epoch = int(state["batches_in_epoch"])
         self.should_stop = bool(state["should_stop"])
         self.skipped_batches = int(state.get("skipped_batches", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.metrics = {str(name): float(value) for name, value in state["metrics"].items()}

@@ -36,7 +36,7 @@ from trainer.checkpoint import (
     rotate_last_checkpoints,
     save_checkpoint,
 )
-from trainer.device import batch_size_of, move_to_device, resolve_device
+from trainer.device import batch_size_of, batches_on_device, resolve_device
 from trainer.hparams import default_hparams
 from trainer.metrics import RunningMeans, Throughput, compute_metrics, is_stateful_metric
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
@@ -79,7 +79,7 @@ class Trainer:
                         unscale gradients, clip them to gradient_clip_val
                         on_before_optimizer_step(optimizer)
                         optimizer.step(); optimizer.zero_grad(set_to_none=True)
-                        scheduler.step()                        # scheduler_interval="step"
+                        scheduler.step()          # scheduler_interval="step"; not on a skipped step
                         global_step += 1
                         every log_every_n_steps steps: on_log(step figures, global_step)
                                       # loss, lr, samples/s, grad norm when clipped or asked
@@ -150,9 +150,9 @@ class Trainer:
             seed_everything(seed)
         self.device = resolve_device(device)
         self.precision = Precision(precision, self.device)
-        self.model = model.to(self.device)
-        if compile:
-            self.model.compile(**(compile if isinstance(compile, dict) else {}))
+        self.model = self.precision.convert_module(model.to(self.device))
+        if compile is not False:  # in place: state_dict names stay those of the plain model
+            self.model.compile(**_compile_options(compile))
         self.loss_fn = loss_fn
         self.train_loader = _check_loader(train_loader, "train_loader")
         self.val_loader = val_loader
@@ -293,7 +293,9 @@ class Trainer:
             self._set_optimization(*_split_optimization(self.configure_optimizers()))
         self.state.should_stop = False
         if why_not_resumable(self.train_loader) is None:
-            self.train_loader, self._sampler = make_resumable(self.train_loader)
+            self.train_loader, self._sampler = make_resumable(
+                self.train_loader, pin_memory=self.device.type == "cuda"
+            )
         if ckpt_path is not None:
             self._resume(ckpt_path)
         history: list[dict[str, float]] = []
@@ -342,8 +344,10 @@ class Trainer:
         self._epoch_length = self.num_train_batches  # len() of a DataLoader is not free
         self._throughput.restart()
         is_exhausted = True
-        for batch_idx, batch in enumerate(self._epoch_batches(first), start=first):
-            batch = move_to_device(batch, self.device)
+        batches = batches_on_device(
+            self._epoch_batches(first), self.device, self.precision.input_dtype
+        )
+        for batch_idx, batch in enumerate(batches, start=first):
             self.last_batch_size = batch_size_of(batch) or 1
             self._throughput.samples += self.last_batch_size
             self._phase = "train"
@@ -416,7 +420,9 @@ class Trainer:
         self.callbacks.call("on_before_optimizer_step", self, optimizer)
         stepped = self.precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        if stepped and self.scheduler is not None and self.scheduler_interval == "step":
+        if not stepped:  # the GradScaler found inf/nan gradients: the schedule waits too
+            self.state.skipped_steps += 1
+        elif self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         self.state.global_step += 1
         if self.state.global_step % self.log_every_n_steps == 0:
@@ -474,8 +480,8 @@ class Trainer:
         self._eval_means.reset()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
-            for batch_idx, batch in enumerate(loader):
-                batch = move_to_device(batch, self.device)
+            batches = batches_on_device(loader, self.device, self.precision.input_dtype)
+            for batch_idx, batch in enumerate(batches):
                 self.last_batch_size = batch_size_of(batch) or 1
                 self._phase = stage
                 with self.precision.autocast():
@@ -715,6 +721,15 @@ def _length(loader: Any) -> int | None:
         return len(loader)
     except TypeError:
         return None
+
+
+def _compile_options(compile: Any) -> dict[str, Any]:
+    if compile is True or isinstance(compile, dict):
+        return compile if isinstance(compile, dict) else {}
+    raise TypeError(
+        f"compile must be True, False or a dict of torch.compile options such as "
+        f"{{'mode': 'max-autotune'}}, got {type(compile).__name__} {compile!r}."
+    )
 
 
 def _default_run_dir() -> Path:

@@ -8,6 +8,7 @@ the job ended by itself, not by a timeout.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import torch
 from conftest import make_loader, make_trainer
 
 from trainer.checkpoint import load_checkpoint
+from trainer.data import DigitsData
 from trainer.distributed import Distributed, launch_environment
 from trainer.sampling import EvaluationShard, ResumableSampler, shard_for_evaluation
 
@@ -275,3 +277,66 @@ def test_ranks_with_different_batch_counts_fail_at_once_naming_the_counts(tmp_pa
     for output in finished.outputs:
         assert "the ranks disagree on the number of training batches per epoch" in output
         assert "(rank 0: 6, rank 1: 3)" in output
+
+
+def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_one_process(
+    tmp_path: Path, one_process: Path
+) -> None:
+    sharded = tmp_path / "fsdp"
+    _run(sharded, "--strategy", "fsdp", "--batch-size", "8", "--dropout", "0")
+    expected = load_checkpoint(one_process / "final.ckpt")
+    _assert_close(expected, load_checkpoint(sharded / "final.ckpt"), 1e-5, "FSDP, 2 ranks")
+    # The epoch-end checkpoint of the 2-rank FSDP run holds whole tensors: one plain process
+    # picks it up (weights and optimizer state) and ends where one process alone ends.
+    halfway = sharded / "checkpoints" / f"last-epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
+    assert set(load_checkpoint(halfway)["optimizer"]["state"]) == set(expected["model"])
+    resumed = tmp_path / "one_process_from_fsdp"
+    _run_in_this_process(resumed, "--batch-size", "16", "--dropout", "0", "--ckpt-path",
+                         str(halfway))  # fmt: skip
+    _assert_close(expected, load_checkpoint(resumed / "final.ckpt"), 1e-5, "FSDP -> 1 process")
+
+
+def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
+    tmp_path: Path, digits: DigitsData
+) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits_mlp.yaml"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "trainer", "fit", "--config", str(config), "--trainer.max_epochs", "1",
+        "--trainer.run_dir", str(tmp_path), "--trainer.progress_bar", "false",
+    ]  # fmt: skip
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    job = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=environment)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert job.stdout.count("trained:") == 1
+    assert (tmp_path / "config.yaml").is_file()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    per_rank = -(-len(digits.train_loader().dataset) // 2)
+    steps = -(-per_rank // 64)
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == [
+        f"last-epoch=0-step={steps}.ckpt"
+    ]
+
+
+def test_a_nan_loss_on_one_rank_is_left_out_without_stalling_the_other(tmp_path: Path) -> None:
+    # Batch 3 ends an accumulation window: the all-reduce must happen on both ranks.
+    args = ("--epochs", "1", "--nan-policy", "skip", "--nan-rank", "1", "--nan-batch", "3")
+    finished = _run(tmp_path, *args)
+    assert "skipping a batch with a non-finite loss" in finished.outputs[1]
+    weights = [finished.value(rank, "WEIGHTS") for rank in (0, 1)]
+    assert weights[0] == weights[1] and math.isfinite(weights[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchrun_on_the_gpus_uses_nccl_with_one_gpu_per_rank(tmp_path: Path) -> None:
+    ranks = min(torch.cuda.device_count(), 2)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+        str(ranks), str(JOB), str(tmp_path), "--dropout", "0",
+    ]  # fmt: skip
+    job = subprocess.run(command, capture_output=True, text=True, timeout=WAIT)
+    assert job.returncode == 0, job.stdout + job.stderr
+    for rank in range(ranks):
+        assert f"RANK {rank} BACKEND nccl DEVICE cuda:{rank}" in job.stdout
+    assert load_checkpoint(tmp_path / "final.ckpt")["state"]["global_step"] > 0

@@ -657,7 +657,8 @@ class Trainer:
     def _resume(self, ckpt_path: str | Path) -> None:
         found = find_checkpoint(ckpt_path, self.checkpoint_dir)
         if found is None:
-            print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
+            if self.is_global_zero:
+                print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
             return
         path, checkpoint = found
         self.distributed.load_model_state(self.model, checkpoint["model"], path)

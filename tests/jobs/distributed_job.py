@@ -41,15 +41,18 @@ class PrintSteps(Callback):
 
 
 class FailingTrainer(Trainer):
-    """Raises on one rank at one optimizer step, as a bug or a bad batch would."""
+    """Raises on one rank at one optimizer step, as a bug would, or returns a NaN loss for
+    one batch of one rank, as bad data would."""
 
-    fail_rank = -1
-    fail_step = -1
+    fail_rank = fail_step = nan_rank = nan_batch = -1
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if self.distributed.rank == self.fail_rank and self.global_step == self.fail_step:
+        rank = self.distributed.rank
+        if rank == self.fail_rank and self.global_step == self.fail_step:
             raise RuntimeError(f"injected failure on rank {self.fail_rank}")
-        return super().training_step(batch, batch_idx)
+        loss = super().training_step(batch, batch_idx)
+        is_poisoned = rank == self.nan_rank and batch_idx == self.nan_batch and self.epoch == 0
+        return loss * float("nan") if is_poisoned else loss
 
 
 def _data(samples: int) -> TensorDataset:
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-step", type=int, default=-1)
+    parser.add_argument("--nan-rank", type=int, default=-1)
+    parser.add_argument("--nan-batch", type=int, default=-1)
+    parser.add_argument("--nan-policy", default="raise")
     parser.add_argument("--samples-on-rank-1", type=int, default=SAMPLES)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         nn.Linear(FEATURES, 32), nn.ReLU(), nn.Dropout(args.dropout), nn.Linear(32, CLASSES)
     )
     FailingTrainer.fail_rank, FailingTrainer.fail_step = args.fail_rank, args.fail_step
+    FailingTrainer.nan_rank, FailingTrainer.nan_batch = args.nan_rank, args.nan_batch
     trainer = FailingTrainer(
         model,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=0,
         run_dir=args.run_dir,
         log_every_n_steps=2,
+        nan_policy=args.nan_policy,
         progress_bar=False,
         logger=False,
         strategy=Distributed(args.strategy, timeout=120),
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     weights = sum(float(tensor.double().sum()) for tensor in state.values())
     figures = history[-1] if history else {}
     print(f"RANK {rank} VAL {figures.get('val/loss')!r} WEIGHTS {weights!r}", flush=True)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    print(f"RANK {rank} BACKEND {backend} DEVICE {trainer.device}", flush=True)
     print(f"RANK {rank} DONE", flush=True)
 
 

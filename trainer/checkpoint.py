@@ -17,6 +17,7 @@ import random
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,15 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def load_model_weights(
-    model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path | str
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    path: Path | str,
+    load: Callable[[dict[str, torch.Tensor]], Any] | None = None,
 ) -> None:
-    """Load weights into `model`, naming every entry whose shape or presence does not match."""
+    """Load weights into `model`, naming every entry whose shape or presence does not match.
+
+    `load` replaces `model.load_state_dict` once the weights are checked (FSDP needs its own).
+    """
     own = model.state_dict()
     mismatched = [
         f"{name}: checkpoint {tuple(weights[name].shape)} vs model {tuple(tensor.shape)}"
@@ -234,7 +241,7 @@ def load_model_weights(
             f"checkpoint {path} does not fit this model ({'; '.join(mismatched)}). Build the "
             "model with the same architecture as the run that saved it."
         )
-    model.load_state_dict(weights)
+    (load or model.load_state_dict)(weights)
 
 
 # --------------------------------------------------------------------------- finding files

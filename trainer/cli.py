@@ -182,9 +182,12 @@ def _fit(job: Job, ckpt_path: str | None) -> None:
     trainer = job.make_trainer(**loaders, **hparams)
     run_dir = Path(trainer.run_dir).resolve()
     # The run folder records exactly what produced it, overrides included.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
+    if trainer.is_global_zero:  # under torchrun, rank 0 writes and reports for all ranks
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
     history = trainer.fit(ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return
     final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
     print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
     print(f"final metrics: {_format(final, ', ')}")
@@ -195,12 +198,17 @@ def _fit(job: Job, ckpt_path: str | None) -> None:
 
 def _validate(job: Job, ckpt_path: str | None) -> None:
     trainer = job.make_trainer(val_loader=_loader(job, "val_loader", "validate"))
-    print(_format(trainer.validate(ckpt_path=ckpt_path), "\n"))
+    figures = trainer.validate(ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        print(_format(figures, "\n"))
 
 
 def _test(job: Job, ckpt_path: str | None) -> None:
     loader = _loader(job, "test_loader", "test")
-    print(_format(job.make_trainer().test(loader, ckpt_path=ckpt_path), "\n"))
+    trainer = job.make_trainer()
+    figures = trainer.test(loader, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        print(_format(figures, "\n"))
 
 
 def _predict(job: Job, ckpt_path: str | None) -> None:
@@ -212,6 +220,8 @@ def _predict(job: Job, ckpt_path: str | None) -> None:
     trainer = job.make_trainer()
     # On the CPU, the file opens on any machine, with or without the GPU it was made on.
     predictions = move_to_device(trainer.predict(loader, ckpt_path=ckpt_path), torch.device("cpu"))
+    if not trainer.is_global_zero:  # every rank predicts the whole loader; one saves it
+        return
     path = Path(trainer.run_dir).resolve() / "predictions.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(predictions, path)

@@ -77,6 +77,12 @@ class RunningMeans:
             self._fold(name)
         return {name: float(total) / self._weights[name] for name, total in self._sums.items()}
 
+    def totals(self) -> dict[str, tuple[torch.Tensor | float, float]]:
+        """Each name's weighted sum and total weight, for adding up over the ranks of a run."""
+        for name in list(self._pending):
+            self._fold(name)
+        return {name: (total, self._weights[name]) for name, total in self._sums.items()}
+
     def mean(self, name: str) -> float | None:
         """The mean of one name, or None if it was never added."""
         if name in self._pending:

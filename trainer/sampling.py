@@ -1,17 +1,21 @@
-"""The data order of an epoch, saved and restored so a run resumes mid-epoch exactly.
+"""The data order of an epoch, saved and restored so a run resumes mid-epoch exactly, and
+shared out between the ranks of a distributed run.
 
 A plain `DataLoader(shuffle=True)` draws its epoch's seed from torch's global generator
 when its iterator starts, so the order cannot be asked for later. `make_resumable` gives
 such a loader a `ResumableSampler`, which draws the same seed from the same generator (a
 run sees exactly the data order of the loader it was given) but remembers it, and on
 resume starts the epoch at the first unconsumed index: consumed batches are skipped as
-indices, never loaded.
+indices, never loaded. Across N ranks, every rank uses rank 0's seed and takes every N-th
+index of the one permutation, so N ranks with batch B see the batches one process with
+batch N*B would see. `shard_for_evaluation` splits an evaluation set the same way, without
+padding, so averages over it stay exact.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,10 +29,12 @@ from torch.utils.data import (
 )
 
 __all__ = [
+    "EvaluationShard",
     "ResumableSampler",
     "check_same_data",
     "data_position",
     "make_resumable",
+    "shard_for_evaluation",
     "why_not_resumable",
 ]
 
@@ -36,24 +42,47 @@ __all__ = [
 class ResumableSampler(Sampler[int]):
     """Indices in the order `RandomSampler` (or `SequentialSampler`) gives, restartable mid-epoch.
 
+    With `num_replicas` > 1 the sampler yields this `rank`'s share: every `num_replicas`-th
+    index of the epoch's order, starting at `rank`, after repeating the first indices so that
+    every rank gets the same count (as `DistributedSampler` does). The epoch's seed is drawn
+    as on one process, then replaced by rank 0's through `share_seed`, so all ranks shard
+    one permutation.
+
     Args:
         length: the data set's length.
         shuffle: a fresh permutation each epoch, or 0..length-1 in order.
         generator: the generator a `RandomSampler` was given; None draws each epoch's seed
             from torch's global generator, as `RandomSampler` does.
+        num_replicas: how many ranks share the data set.
+        rank: which share this sampler yields.
+        share_seed: turns this rank's seed into rank 0's (a broadcast); needed when
+            `num_replicas` > 1 and `shuffle` is True.
     """
 
     def __init__(
-        self, length: int, shuffle: bool, generator: torch.Generator | None = None
+        self,
+        length: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        share_seed: Callable[[int], int] | None = None,
     ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}.")
+        if num_replicas > 1 and shuffle and share_seed is None:
+            raise ValueError("a shuffling sampler shared by several ranks needs share_seed.")
         self.length = length
         self.shuffle = shuffle
         self.generator = generator
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.share_seed = share_seed
         self.epoch_order: dict[str, Any] = {}
         self._resume_at: tuple[dict[str, Any], int] | None = None
 
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
         start = 0
@@ -63,7 +92,7 @@ class ResumableSampler(Sampler[int]):
         elif self.shuffle:
             self.epoch_order = self._draw_order()
         if not self.shuffle:
-            yield from range(start, self.length)
+            yield from self._share(range(self.length))[start:]
             return
         if "seed" in self.epoch_order:
             generator = torch.Generator()
@@ -71,7 +100,7 @@ class ResumableSampler(Sampler[int]):
         else:
             generator = self.generator
             generator.set_state(self.epoch_order["generator_state"])
-        yield from torch.randperm(self.length, generator=generator).tolist()[start:]
+        yield from self._share(torch.randperm(self.length, generator=generator).tolist())[start:]
         if generator is self.generator:
             # RandomSampler draws one more (empty) permutation at the end of each epoch;
             # a shared generator must advance the same way.
@@ -79,9 +108,21 @@ class ResumableSampler(Sampler[int]):
 
     def _draw_order(self) -> dict[str, Any]:
         """Take the epoch's randomness exactly where `RandomSampler` takes it."""
+        if self.num_replicas > 1:
+            assert self.share_seed is not None
+            seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            return {"seed": self.share_seed(int(seed.item()))}
         if self.generator is None:
             return {"seed": int(torch.empty((), dtype=torch.int64).random_().item())}
         return {"generator_state": self.generator.get_state()}
+
+    def _share(self, order: Sequence[int]) -> Sequence[int]:
+        """This rank's share of `order`, padded by its first indices to equal counts."""
+        if self.num_replicas == 1:
+            return order
+        total = len(self) * self.num_replicas
+        padded = list(order) * -(-total // max(len(order), 1))
+        return padded[:total][self.rank :: self.num_replicas]
 
     def resume_at(self, epoch_order: dict[str, Any], start_index: int) -> None:
         """Make the next epoch repeat the order `epoch_order` describes, from `start_index`."""
@@ -108,11 +149,17 @@ def why_not_resumable(loader: Iterable[Any]) -> str | None:
 
 
 def make_resumable(
-    loader: DataLoader, pin_memory: bool = False
+    loader: DataLoader,
+    num_replicas: int = 1,
+    rank: int = 0,
+    share_seed: Callable[[int], int] | None = None,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, ResumableSampler]:
     """The same loader (same order, same settings) driven by a `ResumableSampler`.
 
-    `pin_memory=True` also pins its batches, so copies to a GPU can run asynchronously.
+    With `num_replicas` > 1 it yields only `rank`'s share of each epoch (see
+    `ResumableSampler`). `pin_memory=True` also pins its batches, so copies to a GPU can
+    run asynchronously.
     """
     if isinstance(loader.sampler, ResumableSampler):
         return loader, loader.sampler
@@ -121,7 +168,48 @@ def make_resumable(
         len(loader.dataset),  # type: ignore[arg-type]
         shuffle=isinstance(original, RandomSampler),
         generator=getattr(original, "generator", None),
+        num_replicas=num_replicas,
+        rank=rank,
+        share_seed=share_seed,
     )
+    return _rebuilt(loader, sampler, pin_memory), sampler
+
+
+class EvaluationShard(Sampler[int]):
+    """One rank's share of an evaluation set: indices `rank`, `rank + n`, ... without padding.
+
+    Shares differ in length by at most one sample; no sample is seen twice, so sums and
+    counts added up over the ranks give exact averages.
+    """
+
+    def __init__(self, length: int, num_replicas: int, rank: int) -> None:
+        self.length = length
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+
+def shard_for_evaluation(loader: Any, num_replicas: int, rank: int) -> Any:
+    """The loader restricted to `rank`'s `EvaluationShard`; other loaders come back unchanged.
+
+    A loader that is not a plain `DataLoader` with an ordinary sampler is evaluated whole on
+    every rank, which still gives exact averages, at `num_replicas` times the cost.
+    """
+    if num_replicas == 1 or isinstance(getattr(loader, "sampler", None), EvaluationShard):
+        return loader
+    if why_not_resumable(loader) is not None:
+        return loader
+    sampler = EvaluationShard(len(loader.dataset), num_replicas, rank)
+    return _rebuilt(loader, sampler)
+
+
+def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False) -> DataLoader:
+    """A DataLoader like `loader` in every setting, drawing indices from `sampler`."""
     settings = {
         name: getattr(loader, name)
         for name in inspect.signature(DataLoader.__init__).parameters
@@ -129,7 +217,7 @@ def make_resumable(
         and hasattr(loader, name)
     }
     settings["pin_memory"] = settings.get("pin_memory", False) or pin_memory
-    return DataLoader(loader.dataset, sampler=sampler, **settings), sampler
+    return DataLoader(loader.dataset, sampler=sampler, **settings)
 
 
 def data_position(
@@ -145,23 +233,29 @@ def data_position(
         "dataset_length": _length(dataset),
         "batch_size": getattr(loader, "batch_size", None),
         "num_batches": _length(loader),
+        "ranks": sampler.num_replicas if sampler is not None else 1,
     }
 
 
 def check_same_data(saved: dict[str, Any], loader: Iterable[Any] | None, source: Any) -> None:
-    """Refuse a mid-epoch resume whose data set length or batch size changed."""
+    """Refuse a mid-epoch resume whose data set length, batch size or rank count changed."""
     dataset = getattr(loader, "dataset", None)
-    now = {"dataset_length": _length(dataset), "batch_size": getattr(loader, "batch_size", None)}
+    sampler = getattr(loader, "sampler", None)
+    now = {
+        "dataset_length": _length(dataset),
+        "batch_size": getattr(loader, "batch_size", None),
+        "ranks": getattr(sampler, "num_replicas", 1),
+    }
+    before = {name: saved.get(name, 1 if name == "ranks" else None) for name in now}
     changed = [
-        f"{name} {saved.get(name)} -> {value}"
-        for name, value in now.items()
-        if saved.get(name) != value
+        f"{name} {before[name]} -> {value}" for name, value in now.items() if before[name] != value
     ]
     if changed:
         raise ValueError(
             f"checkpoint {source} stopped mid-epoch, and the train_loader has changed since "
             f"({', '.join(changed)}), so its position in the epoch means nothing now. Resume "
-            "with the same data and batch size, or from a checkpoint saved at an epoch end."
+            "with the same data, batch size and number of ranks, or from a checkpoint saved "
+            "at an epoch end (those resume on any number of ranks)."
         )
 
 

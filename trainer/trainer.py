@@ -31,12 +31,12 @@ from trainer.checkpoint import (
     export_weights,
     find_checkpoint,
     last_checkpoint_name,
-    load_model_weights,
     restore_rng_states,
     rotate_last_checkpoints,
     save_checkpoint,
 )
-from trainer.device import batch_size_of, batches_on_device, resolve_device
+from trainer.device import batch_size_of, batches_on_device
+from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.metrics import RunningMeans, Throughput, compute_metrics, is_stateful_metric
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
@@ -46,7 +46,6 @@ from trainer.sampling import (
     ResumableSampler,
     check_same_data,
     data_position,
-    make_resumable,
     why_not_resumable,
 )
 from trainer.state import TrainState
@@ -74,7 +73,7 @@ class Trainer:
                 for batch_idx, batch in train_loader (a resumed epoch skips what it consumed):
                     on_train_batch_start(batch, batch_idx)
                     loss = training_step(batch, batch_idx)      # under autocast
-                    backward(loss / accumulate_grad_batches)
+                    backward(loss / accumulate_grad_batches)    # DDP: all-reduce at window end
                     if the accumulation window is full or the epoch's batches are done:
                         unscale gradients, clip them to gradient_clip_val
                         on_before_optimizer_step(optimizer)
@@ -86,12 +85,13 @@ class Trainer:
                     on_train_batch_end(outputs, batch, batch_idx)
                     leave the epoch if should_stop or max_steps is reached
                     on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
+                    (several ranks agree on should_stop and signals at log steps and epoch ends)
                 if val_loader:
                     on_validation_start
                     validation_step(batch, batch_idx) per batch   # eval(), inference_mode
                     on_validation_end(val figures)
                 scheduler.step()                  # "epoch"; ReduceLROnPlateau gets its monitor
-                on_log(epoch figures, global_step)
+                on_log(epoch figures, global_step)   # on_log fires on rank 0 only
                 on_train_epoch_end                # ModelCheckpoint saves -> on_save_checkpoint
             on_fit_end
         on any exception: on_exception(exception), then it propagates
@@ -133,6 +133,7 @@ class Trainer:
         nan_policy: str = "raise",
         hparams: Mapping[str, Any] | None = None,
         log_grad_norm: bool = False,
+        strategy: str | Distributed = "auto",
     ) -> None:
         # First, while the only locals are the arguments: they give the default hyperparameters.
         self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
@@ -148,14 +149,13 @@ class Trainer:
         self.nan_policy = nan_policy
         if seed is not None:
             seed_everything(seed)
-        self.device = resolve_device(device)
+        self.distributed = _as_distributed(strategy, nan_policy)
+        self.device = self.distributed.setup(device)  # joins the process group under torchrun
         self.precision = Precision(precision, self.device)
-        self.model = self.precision.convert_module(model.to(self.device))
-        if compile is not False:  # in place: state_dict names stay those of the plain model
-            self.model.compile(**_compile_options(compile))
+        self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
         self.train_loader = _check_loader(train_loader, "train_loader")
-        self.val_loader = val_loader
+        self.val_loader = self.distributed.shard_for_evaluation(val_loader)
         self.metric_fns = {
             name: _to_device(fn, self.device) for name, fn in dict(metrics or {}).items()
         }
@@ -173,7 +173,9 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
         self.state = TrainState()
         self.callbacks = CallbackList(
-            _assemble_callbacks(list(callbacks or []), progress_bar, logger, checkpoint)
+            _assemble_callbacks(
+                list(callbacks or []), progress_bar, logger, checkpoint, self.is_global_zero
+            )
         )
         self.last_batch_size = 0
         self._phase: str | None = None
@@ -216,17 +218,14 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
-    def is_global_zero(self) -> bool:
-        """True in the process that writes logs and files: the only one, or rank 0 of many."""
-        distributed = torch.distributed
-        return not (distributed.is_available() and distributed.is_initialized()) or (
-            distributed.get_rank() == 0
-        )
-
-    @property
     def checkpoint_dir(self) -> Path:
         """Where the run's checkpoints live: `run_dir/checkpoints`."""
         return self.run_dir / "checkpoints"
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True on the process that writes logs, progress and checkpoints (rank 0, or alone)."""
+        return self.distributed.is_global_zero
 
     @property
     def num_train_batches(self) -> int | None:
@@ -292,10 +291,10 @@ class Trainer:
         if self.optimizer is None:
             self._set_optimization(*_split_optimization(self.configure_optimizers()))
         self.state.should_stop = False
-        if why_not_resumable(self.train_loader) is None:
-            self.train_loader, self._sampler = make_resumable(
-                self.train_loader, pin_memory=self.device.type == "cuda"
-            )
+        self.train_loader, self._sampler = self.distributed.shard_training_loader(
+            self.train_loader, pin_memory=self.device.type == "cuda"
+        )
+        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
         if ckpt_path is not None:
             self._resume(ckpt_path)
         history: list[dict[str, float]] = []
@@ -308,6 +307,7 @@ class Trainer:
                     history.append(self._run_train_epoch())
                 self.callbacks.call("on_fit_end", self)
             except BaseException as exception:
+                self.distributed.report_failure(exception)
                 self.callbacks.call("on_exception", self, exception)
                 raise
         return history
@@ -355,11 +355,13 @@ class Trainer:
             outputs = self._run_train_batch(batch, batch_idx)
             self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
             self._phase = None
-            if self.state.should_stop or self._is_step_limit_reached():
+            should_stop, signum = self._shared_decisions()
+            if should_stop or self._is_step_limit_reached():
+                self.state.should_stop = should_stop
                 is_exhausted = self.state.batches_in_epoch == self._epoch_length
                 break
-            if self._preemption.received is not None and self._is_step_boundary():
-                self._save_and_exit(self._preemption.received)
+            if signum:
+                self._save_and_exit(signum)
         if is_exhausted:
             self._finish_epoch(first)
         return self._end_train_epoch()
@@ -367,6 +369,7 @@ class Trainer:
     def _epoch_batches(self, first: int) -> Iterator[Any]:
         """This epoch's batches; a resumed epoch starts at `first` without loading earlier ones."""
         resume, self._resume_point = self._resume_point, None
+        _set_sampler_epoch(self.train_loader, self.state.epoch)
         if not first or resume is None:
             self._epoch_start_rng = torch.get_rng_state()
             return iter(self.train_loader)
@@ -384,21 +387,26 @@ class Trainer:
         return batches
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        with self.precision.autocast():
-            outputs = _as_step_outputs(self.training_step(batch, batch_idx))
-        loss = outputs["loss"]
         scale = self.accumulate_grad_batches
-        # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
-        is_used = self.nan_policy != "skip" or self._is_finite_or_skipped(loss)
-        if is_used:
-            self.precision.backward(loss / scale if scale > 1 else loss)
+        is_last = self.state.batches_in_epoch + 1 == self._epoch_length
+        is_boundary = (batch_idx + 1) % scale == 0 or is_last
+        # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
+        with self.distributed.no_sync(is_boundary):
+            with self.precision.autocast():
+                outputs = _as_step_outputs(self._training_step(batch, batch_idx))
+            loss = outputs["loss"]
+            # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
+            is_used = self.nan_policy != "skip" or self._is_finite_or_skipped(loss)
+            if is_used:
+                self.precision.backward(loss / scale if scale > 1 else loss)
+            else:  # other ranks still expect this one in the gradient all-reduce
+                self.distributed.contribute_no_gradient(self.model)
         outputs["loss"] = loss = loss.detach()
         if is_used:  # what self.log does, without its checks
             self._step_logs["train/loss"] = loss
             self._train_means.add("train/loss", loss, self.last_batch_size)
         self.state.batches_in_epoch += 1
-        is_last = self.state.batches_in_epoch == self._epoch_length
-        if (batch_idx + 1) % scale == 0 or is_last:
+        if is_boundary:
             self._optimizer_step(window=(batch_idx % scale) + 1)
         return outputs
 
@@ -441,7 +449,7 @@ class Trainer:
             self._optimizer_step(window=pending)
 
     def _end_train_epoch(self) -> dict[str, float]:
-        train_figures = self._train_means.means()
+        train_figures = self.distributed.reduce_means(self._train_means)
         self._check_finite_loss(train_figures.get("train/loss"))
         self.state.metrics.update(train_figures)
         record = {"epoch": float(self.state.epoch), **train_figures}
@@ -458,8 +466,10 @@ class Trainer:
             for name, value in record.items()
             if name not in train_figures and not (just_logged and name in rates)
         }
-        self.callbacks.call("on_log", self, epoch_figures, self.state.global_step)
+        if self.is_global_zero:
+            self.callbacks.call("on_log", self, epoch_figures, self.state.global_step)
         self.callbacks.call("on_train_epoch_end", self)
+        self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
         if self._epoch_done:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
@@ -477,6 +487,8 @@ class Trainer:
         """Run validation, test or predict over `loader` in eval mode without autograd."""
         step = {"val": self.validation_step, "test": self.test_step, "predict": self.predict_step}
         predictions: list[Any] = []
+        if stage != "predict":  # predictions stay whole and in order on every rank
+            loader = self.distributed.shard_for_evaluation(loader)
         self._eval_means.reset()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
@@ -493,7 +505,7 @@ class Trainer:
                     self._log_eval_outputs(outputs, stage)
         if stage == "predict":
             return predictions
-        figures = self._eval_means.means()
+        figures = self.distributed.reduce_means(self._eval_means)
         for name, metric in self.metric_fns.items():
             if is_stateful_metric(metric):
                 figures[f"{stage}/{name}"] = float(metric.compute())
@@ -524,7 +536,8 @@ class Trainer:
         figures |= learning_rates(self.optimizer)
         self.state.metrics.update(figures)
         self._last_logged_step = self.state.global_step
-        self.callbacks.call("on_log", self, figures, self.state.global_step)
+        if self.is_global_zero:
+            self.callbacks.call("on_log", self, figures, self.state.global_step)
 
     def _check_finite_loss(self, loss: float | None) -> None:
         """Raise for a NaN/inf loss; checked where the loss is read anyway, so it costs no sync."""
@@ -562,6 +575,21 @@ class Trainer:
         else:
             self.scheduler.step()
 
+    def _shared_decisions(self) -> tuple[bool, int]:
+        """`should_stop` and a preemption signal as every rank acts on them.
+
+        A signal counts only at an optimizer-step boundary. Several ranks agree at log steps
+        (or every `agree_every_n_steps`) and at the epoch's last step, not at every batch.
+        """
+        is_boundary = self._is_step_boundary()
+        signum = (self._preemption.received or 0) if is_boundary else 0
+        interval = self.distributed.agree_every_n_steps or self.log_every_n_steps
+        is_due = is_boundary and (
+            self.state.global_step % interval == 0
+            or self.state.batches_in_epoch == self._epoch_length
+        )
+        return self.distributed.agree(self.state.should_stop, signum, is_due=is_due)
+
     def _is_step_limit_reached(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
@@ -582,18 +610,26 @@ class Trainer:
             state |= {"epoch": self.state.epoch + 1, "batches_in_epoch": 0}
         elif state["batches_in_epoch"]:
             self._warn_if_inexact_mid_epoch()
+        rng = capture_rng_states()
+        ranks = self.distributed.gather({"rng": rng, "epoch_start_rng": self._epoch_start_rng})
+        optimizer = self.optimizer
         checkpoint: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "model": self.distributed.model_state_dict(self.model),
+            "optimizer": self.distributed.optimizer_state_dict(self.model, optimizer)
+            if optimizer
+            else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "precision": self.precision.state_dict(),
             "state": state,
-            "rng": capture_rng_states(),
+            "rng": rng,
             "data": data_position(self.train_loader, self._sampler, self._epoch_start_rng),
             "callbacks": self.callbacks.state_dicts(),
+            "other_ranks": ranks[1:],  # their own random states, for an exact resume
         }
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
-        return save_checkpoint(checkpoint, path)
+        # Rank 0 writes; every rank returns only once the file is complete.
+        self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path)
+        return Path(path)
 
     def export_weights(self, path: str | Path) -> Path:
         """Write the model's weights alone as a `.safetensors` file, for inference and sharing."""
@@ -612,12 +648,16 @@ class Trainer:
             ),
             default=2,
         )
-        rotate_last_checkpoints(self.checkpoint_dir, keep=keep)
-        print(
-            f"Received signal {signum}: saved {path} at optimizer step {self.state.global_step}. "
-            "Resume with fit(ckpt_path='last') or trainer fit ... --ckpt_path last.",
-            file=sys.stderr,
+        self.distributed.run_on_zero(
+            "remove old checkpoints", rotate_last_checkpoints, self.checkpoint_dir, keep
         )
+        if self.is_global_zero:
+            print(
+                f"Received signal {signum}: saved {path} at optimizer step "
+                f"{self.state.global_step}. Resume with fit(ckpt_path='last') or "
+                "trainer fit ... --ckpt_path last.",
+                file=sys.stderr,
+            )
         raise SystemExit(exit_code_for(signum))
 
     def _warn_if_inexact_mid_epoch(self) -> None:
@@ -636,13 +676,15 @@ class Trainer:
     def _resume(self, ckpt_path: str | Path) -> None:
         found = find_checkpoint(ckpt_path, self.checkpoint_dir)
         if found is None:
-            print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
+            if self.is_global_zero:
+                print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
             return
         path, checkpoint = found
-        load_model_weights(self.model, checkpoint["model"], path)
+        self.distributed.load_model_state(self.model, checkpoint["model"], path)
         if checkpoint["state"]["batches_in_epoch"]:
             check_same_data(checkpoint["data"], self.train_loader, path)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        _take_own_random_states(checkpoint, self.distributed.rank)
+        self.distributed.load_optimizer_state(self.model, self.optimizer, checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint["scheduler"]:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.precision.load_state_dict(checkpoint["precision"])
@@ -658,11 +700,21 @@ class Trainer:
         found = find_checkpoint(ckpt_path, self.checkpoint_dir)
         if found is None:
             raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} to load.")
-        load_model_weights(self.model, found[1]["model"], found[0])
+        self.distributed.load_model_state(self.model, found[1]["model"], found[0])
 
     # -------------------------------------------------------------------------- set-up helpers
+    def _place_model(self, model: nn.Module, compile: bool | dict[str, Any]) -> nn.Module:
+        """Move, compile, shard (FSDP) or wrap the step (DDP): the model as it will train."""
+        model = self.precision.convert_module(model.to(self.device))
+        if compile is not False:  # in place: state_dict names stay those of the plain model
+            model.compile(**_compile_options(compile))
+        self.distributed.prepare_model(model)
+        self._training_step = self.distributed.wrap_step(model, self.training_step)
+        return model
+
     def _set_optimization(self, optimizer: Any, scheduler: Any) -> None:
         self.optimizer = build_optimizer(optimizer, self.model)
+        self.distributed.check_optimizer(self.model, self.optimizer)
         self.scheduler = build_scheduler(
             scheduler if scheduler is not None else self._scheduler_arg,
             self.optimizer,
@@ -741,13 +793,18 @@ def _to_device(metric: Any, device: torch.device) -> Any:
 
 
 def _assemble_callbacks(
-    callbacks: list[Callback], progress_bar: Any, logger: Any, checkpoint: Any
+    callbacks: list[Callback],
+    progress_bar: Any,
+    logger: Any,
+    checkpoint: Any,
+    is_global_zero: bool = True,
 ) -> list[Callback]:
     """Defaults first, then the user's; callbacks that save checkpoints go last so they
     capture every other callback's state for the step.
 
     `logger` stands for two defaults, TensorBoard and CSV; an instance of one replaces that
-    one, and an instance in `callbacks` replaces the default of its class."""
+    one, and an instance in `callbacks` replaces the default of its class. Only rank 0 gets
+    the default progress bar and loggers: one process shows and writes what all of them do."""
     defaults: list[Callback] = []
     for name, wanted, kinds in (
         ("progress_bar", progress_bar, (ProgressBar,)),
@@ -763,9 +820,45 @@ def _assemble_callbacks(
             if isinstance(wanted, kind):
                 defaults.append(wanted)
             elif wanted is not False and not any(isinstance(cb, kind) for cb in callbacks):
-                defaults.append(kind())
+                if is_global_zero or kind is ModelCheckpoint:
+                    defaults.append(kind())
     ordered = defaults + callbacks
     return sorted(ordered, key=lambda callback: isinstance(callback, ModelCheckpoint))
+
+
+def _as_distributed(strategy: str | Distributed, nan_policy: str) -> Distributed:
+    if isinstance(strategy, str):
+        strategy = Distributed(strategy)
+    elif not isinstance(strategy, Distributed):
+        raise TypeError(
+            f"strategy must be 'auto', 'ddp', 'fsdp' or a trainer.distributed.Distributed, "
+            f"got {type(strategy).__name__}."
+        )
+    if strategy.strategy == "fsdp" and nan_policy == "skip":
+        raise ValueError(
+            "nan_policy='skip' does not work with strategy='fsdp': a rank that leaves its batch "
+            "out cannot take part in FSDP's gradient reduce-scatter. Use nan_policy='raise', "
+            "or strategy='ddp'."
+        )
+    return strategy
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+
+def _take_own_random_states(checkpoint: dict[str, Any], rank: int) -> None:
+    """Rank r > 0 resumes from its own saved random states (when the run had that rank)."""
+    others = checkpoint.get("other_ranks") or []
+    if 0 < rank <= len(others):
+        checkpoint["rng"] = others[rank - 1]["rng"]
+        checkpoint["data"]["epoch_start_rng"] = others[rank - 1]["epoch_start_rng"]
 
 
 def _split_optimization(configured: Any) -> tuple[Any, Any]:

@@ -100,7 +100,8 @@ class ModelCheckpoint(Callback):
         path = self.dirpath / last_checkpoint_name(trainer.epoch, trainer.global_step)
         self.last_model_path = str(path)  # before saving, so the file records its own path
         trainer.save_checkpoint(path)
-        rotate_last_checkpoints(self.dirpath, keep=self.keep_last)
+        if trainer.is_global_zero:  # one process manages the files
+            rotate_last_checkpoints(self.dirpath, keep=self.keep_last)
 
     def _save_ranked(self, trainer: Trainer) -> None:
         assert self.monitor is not None and self.dirpath is not None
@@ -118,17 +119,17 @@ class ModelCheckpoint(Callback):
             self.best_model_path = str(path)
         trainer.save_checkpoint(path)
         while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
-            self._remove(self._worst_path())
+            self._remove(self._worst_path(), trainer.is_global_zero)
 
     def _worst_path(self) -> str:
         pick = max if self.monitor is not None and self.monitor.mode == "min" else min
         return pick(self.best_k, key=self.best_k.__getitem__)
 
-    def _remove(self, path: str) -> None:
+    def _remove(self, path: str, is_global_zero: bool) -> None:
         del self.best_k[path]
         file = Path(path)
         is_ours = self.dirpath is not None and file.parent == self.dirpath
-        if is_ours and path != self.best_model_path:
+        if is_ours and is_global_zero and path != self.best_model_path:
             file.unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:

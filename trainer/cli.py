@@ -9,6 +9,7 @@ with one `error: ...` line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ _COMMANDS = {
     "validate": "report validation metrics of a checkpoint on data.val_loader()",
     "test": "report test metrics of a checkpoint on data.test_loader()",
     "predict": "save predictions on data.predict_loader() to <run_dir>/predictions.pt",
+    "lr-find": "sweep the learning rate over training batches, plot the loss, suggest a value",
 }
 _OVERRIDES_HELP = """\
 Any config key can be overridden after the flags, in any of these forms:
@@ -73,7 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="print the merged config, overrides and interpolation applied, and exit",
         )
+        if name == "lr-find":
+            _add_lr_find_flags(command)
     return parser
+
+
+def _add_lr_find_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--min_lr", type=float, default=1e-7, help="first learning rate")
+    command.add_argument("--max_lr", type=float, default=10.0, help="last learning rate")
+    command.add_argument(
+        "--num_steps", type=int, default=100, help="training batches in the sweep, one per rate"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     key and the fix, not the frames of our code.
     """
     args, extras = build_parser().parse_known_args(argv)
+    # As with `python -m trainer`: a config's class_path may name a module of the current
+    # directory (your models.py, the repository's examples/), even from the console script.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return _run(args, extras)
     except ConfigError as error:
@@ -138,6 +154,9 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
         raise ConfigError(
             f"--ckpt_path: no file {ckpt_path!r}; pass last, best or the path of a checkpoint."
         )
+    if args.command == "lr-find":
+        _lr_find(build_job(config), args)
+        return 0
     if ckpt_path is None and args.command != "fit":
         print(
             f"note: no --ckpt_path; {args.command} uses the model as initialised. "
@@ -199,6 +218,37 @@ def _predict(job: Job, ckpt_path: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(predictions, path)
     print(f"predictions of {len(predictions)} batches saved to {path}")
+
+
+def _lr_find(job: Job, args: argparse.Namespace) -> None:
+    from trainer.lr_finder import find_lr
+
+    trainer = job.make_trainer(train_loader=_loader(job, "train_loader", "lr-find"))
+    trainer._load_weights(args.ckpt_path)  # a checkpoint's weights, to fine-tune from
+    try:
+        result = find_lr(
+            trainer, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps
+        )
+    except ValueError as error:
+        raise ConfigError(f"lr-find: {error}") from error
+    run_dir = Path(trainer.run_dir).resolve()
+    files = [str(result.to_csv(run_dir / "lr_find.csv"))]
+    try:
+        files.insert(0, str(result.plot(run_dir / "lr_find.png")))
+    except ImportError as error:
+        print(f"note: no plot; {error}", file=sys.stderr)
+    ended = "the loss blew up" if len(result.lrs) < args.num_steps else "all steps done"
+    print(f"swept:         {len(result.lrs)} learning rates from {result.lrs[0]:.3g} to "
+          f"{result.lrs[-1]:.3g} ({ended}); model and optimizer restored afterwards")
+    print(f"loss vs lr:    {', '.join(files)}")
+    if result.suggestion is None:
+        print("suggested lr:  none, the loss never clearly fell; widen --min_lr/--max_lr "
+              "or raise --num_steps")
+        return
+    print(f"suggested lr:  {result.suggestion:.3g} (where the loss falls fastest)")
+    if job.config.get("optimizer"):
+        configs = " ".join(f"--config {shlex.quote(path)}" for path in args.config)
+        print(f"use it:        trainer fit {configs} --optimizer.lr {result.suggestion:.3g}")
 
 
 def _format(metrics: Mapping[str, Any], separator: str) -> str:

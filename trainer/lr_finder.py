@@ -113,7 +113,8 @@ def find_lr(
     Example:
         >>> result = find_lr(trainer, num_steps=100)
         >>> result.plot("runs/digits/lr_find.png")
-        >>> trainer.optimizer.param_groups[0]["lr"] = result.suggestion
+        >>> for group in trainer.optimizer.param_groups:
+        ...     group["lr"] = result.suggestion
     """
     _check_arguments(min_lr, max_lr, num_steps, smoothing, diverge_threshold)
     if trainer.train_loader is None:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print("validation views              untrained   trained")
     for name, label in (
         ("pair_similarity", "cosine, two views of a digit"),
-        ("other_similarity", "cosine, different digits"),
+        ("other_similarity", "cosine, different images"),
         ("twin_found", "twin found among the batch"),
     ):
         print(f"{label:29} {before[f'val/{name}']:9.2f} {after[f'val/{name}']:9.2f}")

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         max_epochs=args.epochs,
         run_dir=args.run_dir,
         progress_bar=False,
+        device="cpu",  # where the hand-written loop ran: the same arithmetic, the same bits
     )
     history = trainer.fit()
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainer.fit()
     weight, bias = model.weight.item(), model.bias.item()
-    prediction = model(torch.tensor([[5.0]])).item()
+    prediction = model(torch.tensor([[5.0]], device=model.weight.device)).item()
     print(f"learned weight {weight:.2f} (the data's slope is 2.00), bias {bias:+.2f}")
     print(f"prediction for x = 5: {prediction:.2f}")
     return {"weight": weight, "bias": bias, "prediction_at_5": prediction}

@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     history = trainer.fit()
     backbone_change = max(
-        (model.backbone.state_dict()[name].float() - value.float()).abs().max().item()
+        (model.backbone.state_dict()[name].cpu().float() - value.float()).abs().max().item()
         for name, value in backbone_before.items()
     )
-    head_change = (model.head.weight - head_before).abs().max().item()
+    head_change = (model.head.weight.cpu() - head_before).abs().max().item()
     source = args.weights or "random weights"
     print(
         f"ResNet-18 backbone ({source}), {len(history)} epochs: validation accuracy "

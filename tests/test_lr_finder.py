@@ -186,3 +186,20 @@ def test_lr_find_command_reports_a_bad_range_in_one_line(
         "error: lr-find: find_lr needs 0 < min_lr < max_lr, got min_lr=1.0, max_lr=0.1; "
         "the usual range is min_lr=1e-7, max_lr=10.\n"
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_find_lr_under_mixed_precision_on_cuda_restores_weights_and_grad_scaler(
+    run_dir: Path, digits: Any, precision: str
+) -> None:
+    trainer = digits_trainer(run_dir, digits, max_epochs=1, device="cuda", precision=precision)
+    trainer.fit()
+    weights = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    scaler = trainer.precision.state_dict()
+    result = find_lr(trainer, num_steps=40)
+    assert result.suggestion is not None
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert trainer.precision.state_dict() == scaler

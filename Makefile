@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint tensorboard clean
+.PHONY: train test lint tensorboard docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,8 @@ lint: $(STAMP)
 tensorboard: $(STAMP)  ## open the dashboards of every run under runs/
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1
 
+docs: $(STAMP)  ## build the documentation site into site/ (mkdocs, strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ with one `error: ...` line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ _COMMANDS = {
     "validate": "report validation metrics of a checkpoint on data.val_loader()",
     "test": "report test metrics of a checkpoint on data.test_loader()",
     "predict": "save predictions on data.predict_loader() to <run_dir>/predictions.pt",
+    "lr-find": "sweep the learning rate over training batches, plot the loss, suggest a value",
 }
 _OVERRIDES_HELP = """\
 Any config key can be overridden after the flags, in any of these forms:
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="print the merged config, overrides and interpolation applied, and exit",
         )
+        if name == "lr-find":
+            _add_lr_find_flags(command)
     plot = commands.add_parser(
         "plot",
         help="draw a run's losses, metrics and learning rate from its metrics.csv into a PNG",
@@ -88,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_lr_find_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--min_lr", type=float, default=1e-7, help="first learning rate")
+    command.add_argument("--max_lr", type=float, default=10.0, help="last learning rate")
+    command.add_argument(
+        "--num_steps", type=int, default=100, help="training batches in the sweep, one per rate"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `trainer COMMAND ...`; returns the exit status: 0 done, 2 bad input, 130 interrupted.
 
@@ -95,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     key and the fix, not the frames of our code.
     """
     args, extras = build_parser().parse_known_args(argv)
+    # As with `python -m trainer`: a config's class_path may name a module of the current
+    # directory (your models.py, the repository's examples/), even from the console script.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return _run(args, extras)
     except ConfigError as error:
@@ -152,6 +168,9 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
         raise ConfigError(
             f"--ckpt_path: no file {ckpt_path!r}; pass last, best or the path of a checkpoint."
         )
+    if args.command == "lr-find":
+        _lr_find(build_job(config), args)
+        return 0
     if ckpt_path is None and args.command != "fit":
         print(
             f"note: no --ckpt_path; {args.command} uses the model as initialised. "
@@ -239,6 +258,37 @@ def _plot(args: argparse.Namespace, extras: list[str]) -> int:
         raise ConfigError(str(error)) from error
     print(f"plot saved to {path}")
     return 0
+
+
+def _lr_find(job: Job, args: argparse.Namespace) -> None:
+    from trainer.lr_finder import find_lr
+
+    trainer = job.make_trainer(train_loader=_loader(job, "train_loader", "lr-find"))
+    trainer._load_weights(args.ckpt_path)  # a checkpoint's weights, to fine-tune from
+    try:
+        result = find_lr(
+            trainer, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps
+        )
+    except ValueError as error:
+        raise ConfigError(f"lr-find: {error}") from error
+    run_dir = Path(trainer.run_dir).resolve()
+    files = [str(result.to_csv(run_dir / "lr_find.csv"))]
+    try:
+        files.insert(0, str(result.plot(run_dir / "lr_find.png")))
+    except ImportError as error:
+        print(f"note: no plot; {error}", file=sys.stderr)
+    ended = "the loss blew up" if len(result.lrs) < args.num_steps else "all steps done"
+    print(f"swept:         {len(result.lrs)} learning rates from {result.lrs[0]:.3g} to "
+          f"{result.lrs[-1]:.3g} ({ended}); model and optimizer restored afterwards")
+    print(f"loss vs lr:    {', '.join(files)}")
+    if result.suggestion is None:
+        print("suggested lr:  none, the loss never clearly fell; widen --min_lr/--max_lr "
+              "or raise --num_steps")
+        return
+    print(f"suggested lr:  {result.suggestion:.3g} (where the loss falls fastest)")
+    if job.config.get("optimizer"):
+        configs = " ".join(f"--config {shlex.quote(path)}" for path in args.config)
+        print(f"use it:        trainer fit {configs} --optimizer.lr {result.suggestion:.3g}")
 
 
 def _format(metrics: Mapping[str, Any], separator: str) -> str:

@@ -146,3 +146,14 @@ def test_user_data_class_without_a_test_loader_is_a_clear_error(tmp_path: Path) 
     assert result.returncode == 2
     assert "data: TrainOnly has no test_loader() method" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_diverging_run_ends_with_one_error_line_naming_the_step(tmp_path: Path) -> None:
+    result = run_cli(
+        "fit",
+        *job_args(tmp_path, "--optimizer.lr", "1e6", "--trainer.max_epochs", "2",
+                  "--trainer.log_every_n_steps", "1"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "error: the training loss is nan at optimizer step" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,7 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.callbacks.monitor import MissingMetricError
 from trainer.config import ConfigError, Job, build_job, config_to_yaml, load_config
+from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
 
@@ -116,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, MissingMetricError) as error:  # the run's own verdicts
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; `trainer fit ... --ckpt_path last` resumes the run", file=sys.stderr)
         return 130

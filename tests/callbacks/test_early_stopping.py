@@ -224,3 +224,12 @@ def test_restored_state_makes_a_new_run_stop_on_the_same_epoch(run_dir: Path) ->
     trainer = scripted_trainer(run_dir, {"loss": [0.7, 0.8, 0.9]}, callbacks=[stopper])
     assert len(trainer.fit()) == 1
     assert stopper.stopped_epoch == 0
+
+
+def test_the_val_loader_hint_appears_only_when_no_validation_name_was_logged() -> None:
+    from trainer.callbacks.monitor import missing_metric_error
+
+    without_validation = str(missing_metric_error("val/acc", ["train/loss"], "EarlyStopping"))
+    assert "Validation names need a val_loader" in without_validation
+    with_validation = str(missing_metric_error("val/acc", ["val/loss"], "EarlyStopping"))
+    assert "Validation names need a val_loader" not in with_validation

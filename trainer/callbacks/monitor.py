@@ -25,7 +25,7 @@ def missing_metric_error(name: str, logged: list[str], who: str) -> MissingMetri
     hint = f" Did you mean {close[0]!r}?" if close else ""
     available = ", ".join(sorted(logged)) or "none yet"
     message = f"{who} monitors {name!r}, which was never logged.{hint} Logged names: {available}."
-    if name.startswith("val/"):
+    if name.startswith("val/") and not any(n.startswith("val/") for n in logged):
         message += " Validation names need a val_loader."
     return MissingMetricError(message)
 

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_loader, make_trainer
+from conftest import make_loader, make_mlp, make_trainer
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
@@ -50,19 +49,28 @@ class Finished:
         return float(words[words.index(name) + 1])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass
+class Ranks:
+    """The processes of one job, and the rendezvous store they share."""
+
+    processes: list[subprocess.Popen]
+    store: torch.distributed.TCPStore
 
 
-def _start(run_dir: Path, *args: str, world_size: int = 2) -> list[subprocess.Popen]:
-    """One process per rank, with the variables torchrun sets for its workers."""
-    port = str(_free_port())
+def _start(run_dir: Path, *args: str, world_size: int = 2) -> Ranks:
+    """One process per rank, with the variables torchrun sets for its workers.
+
+    As torchrun's agent does, this process serves the rendezvous store, so it outlives every
+    rank however they end (a store served by rank 0 vanishes while the others still exit).
+    """
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False
+    )
     processes = []
     for rank in range(world_size):
         env = os.environ | {
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True", "WORLD_SIZE": str(world_size),
             "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
             "OMP_NUM_THREADS": "1",
         }  # fmt: skip
@@ -70,19 +78,19 @@ def _start(run_dir: Path, *args: str, world_size: int = 2) -> list[subprocess.Po
         processes.append(subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ))  # fmt: skip
-    return processes
+    return Ranks(processes, store)
 
 
-def _finish(processes: list[subprocess.Popen]) -> Finished:
+def _finish(ranks: Ranks) -> Finished:
     outputs = []
     try:
-        for process in processes:
+        for process in ranks.processes:
             outputs.append(process.communicate(timeout=WAIT)[0])
     finally:
-        for process in processes:
+        for process in ranks.processes:
             if process.poll() is None:
                 process.kill()
-    return Finished([process.returncode for process in processes], outputs)
+    return Finished([process.returncode for process in ranks.processes], outputs)
 
 
 def _run(run_dir: Path, *args: str, world_size: int = 2) -> Finished:
@@ -183,6 +191,31 @@ def test_one_process_keeps_its_own_decisions_and_means(run_dir: Path) -> None:
     assert not torch.distributed.is_initialized()
 
 
+def test_strategy_ddp_without_torchrun_trains_as_a_group_of_one_like_one_process(
+    run_dir: Path,
+) -> None:
+    plain = make_trainer(run_dir / "plain", seed=0, max_epochs=3)
+    expected = plain.fit()
+    grouped = make_trainer(run_dir / "ddp", seed=0, max_epochs=3, strategy="ddp")
+    try:
+        assert grouped.distributed.kind == "ddp" and grouped.distributed.world_size == 1
+        assert grouped.fit() == expected
+        for a, b in zip(plain.model.parameters(), grouped.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        grouped.distributed.teardown()
+    assert not torch.distributed.is_initialized()
+
+
+def test_fsdp_refuses_an_optimizer_built_before_sharding() -> None:
+    built_before, sharded = make_mlp(), make_mlp()
+    optimizer = torch.optim.SGD(built_before.parameters(), lr=0.1)
+    distributed = Distributed("fsdp")
+    distributed.kind = "fsdp"  # as after set-up; sharding itself needs a process group
+    with pytest.raises(ValueError, match="an optimizer built from them beforehand holds none"):
+        distributed.check_optimizer(sharded, optimizer)
+
+
 # ------------------------------------------------------------------ real 2-process jobs
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -215,18 +248,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def _stop_at(run_dir: Path, step: int, signum: int, ranks: tuple[int, ...]) -> Finished:
-    """Start a 2-rank run and send `signum` to `ranks` once rank 0 reports `step`."""
-    processes = _start(run_dir, "--slow", "0.05")
-    assert processes[0].stdout is not None
+def _stop_at(run_dir: Path, step: int, signum: int, targets: tuple[int, ...]) -> Finished:
+    """Start a 2-rank run and send `signum` to the `targets` ranks once rank 0 reports `step`."""
+    job = _start(run_dir, "--slow", "0.05")
+    assert job.processes[0].stdout is not None
     seen = []
-    for line in processes[0].stdout:
+    for line in job.processes[0].stdout:
         seen.append(line)
         if line.startswith("RANK 0 STEP") and int(line.split()[3]) >= step:
-            for rank in ranks:
-                processes[rank].send_signal(signum)
+            for rank in targets:
+                job.processes[rank].send_signal(signum)
             break
-    finished = _finish(processes)
+    finished = _finish(job)
     finished.outputs[0] = "".join(seen) + finished.outputs[0]
     return finished
 
@@ -235,7 +268,7 @@ def test_a_2_rank_run_killed_anywhere_resumes_bit_identically(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
     step = random.Random().randrange(3, TOTAL_STEPS - 1)
-    killed = _stop_at(tmp_path, step, signal.SIGKILL, ranks=(0, 1))
+    killed = _stop_at(tmp_path, step, signal.SIGKILL, targets=(0, 1))
     assert killed.returncodes == [-signal.SIGKILL] * 2
     _run(tmp_path, "--resume")
     _assert_same_final_state(uninterrupted, tmp_path, f"SIGKILL at step {step}")
@@ -245,7 +278,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
     step = random.Random().randrange(2, TOTAL_STEPS - 3)
-    stopped = _stop_at(tmp_path, step, signal.SIGTERM, ranks=(1,))
+    stopped = _stop_at(tmp_path, step, signal.SIGTERM, targets=(1,))
     assert stopped.returncodes == [143, 143], "\n".join(stopped.outputs)
     last_steps = [int(stopped.lines(rank, "STEP")[-1][3]) for rank in (0, 1)]
     assert last_steps[0] == last_steps[1] >= step

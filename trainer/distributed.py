@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -185,7 +186,7 @@ class Distributed:
         import torch.distributed as dist
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
-        self._fsdp_root = model
+        self._fsdp_root, self._gradient_sync = model, None
         if isinstance(model, FSDPModule):  # the user sharded it already
             return
         with torch.no_grad():
@@ -453,13 +454,14 @@ class Distributed:
             return
         self._has_failed = True
         if _is_collective_failure(exception):
-            exception.add_note(
+            _add_note(
+                exception,
                 f"rank {self.rank}: a collective operation with the other ranks failed. Most "
                 "likely another rank failed first (its error is printed with its rank); "
-                "otherwise the ranks disagree, e.g. one ran more batches than the others."
+                "otherwise the ranks disagree, e.g. one ran more batches than the others.",
             )
             return
-        exception.add_note(f"raised on rank {self.rank} of {self.world_size}")
+        _add_note(exception, f"raised on rank {self.rank} of {self.world_size}")
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
             from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
@@ -537,6 +539,13 @@ def _by_index(
             for group in state["param_groups"]
         ],
     }
+
+
+def _add_note(exception: BaseException, note: str) -> None:
+    if hasattr(exception, "add_note"):  # Python 3.11+
+        exception.add_note(note)
+    else:
+        print(note, file=sys.stderr)
 
 
 def _is_collective_failure(exception: BaseException) -> bool:

@@ -207,6 +207,26 @@ def test_strategy_ddp_without_torchrun_trains_as_a_group_of_one_like_one_process
     assert not torch.distributed.is_initialized()
 
 
+def test_accumulation_all_reduces_once_per_optimizer_step(run_dir: Path) -> None:
+    trainer = make_trainer(run_dir, strategy="ddp", accumulate_grad_batches=2, max_epochs=1,
+                           train_loader=make_loader(n=48, batch_size=8))  # fmt: skip
+    reductions = []
+
+    def count(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks real annotations
+        reductions.append(trainer.global_step)
+        done: torch.futures.Future = torch.futures.Future()
+        done.set_result(bucket.buffer())  # one rank: its gradients are the average
+        return done
+
+    try:
+        assert trainer.distributed.ddp is not None
+        trainer.distributed.ddp.register_comm_hook(None, count)
+        trainer.fit()
+    finally:
+        trainer.distributed.teardown()
+    assert trainer.global_step == 3 and reductions == [0, 1, 2]
+
+
 def test_fsdp_refuses_an_optimizer_built_before_sharding() -> None:
     built_before, sharded = make_mlp(), make_mlp()
     optimizer = torch.optim.SGD(built_before.parameters(), lr=0.1)
@@ -312,7 +332,7 @@ def test_ranks_with_different_batch_counts_fail_at_once_naming_the_counts(tmp_pa
         assert "(rank 0: 6, rank 1: 3)" in output
 
 
-def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_one_process(
+def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_other_rank_counts(
     tmp_path: Path, one_process: Path
 ) -> None:
     sharded = tmp_path / "fsdp"
@@ -327,6 +347,11 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_one_process(
     _run_in_this_process(resumed, "--batch-size", "16", "--dropout", "0", "--ckpt-path",
                          str(halfway))  # fmt: skip
     _assert_close(expected, load_checkpoint(resumed / "final.ckpt"), 1e-5, "FSDP -> 1 process")
+    # And FSDP loads it into a different number of ranks: a group of one.
+    regrouped = tmp_path / "fsdp_on_one_rank"
+    _run(regrouped, "--strategy", "fsdp", "--batch-size", "16", "--dropout", "0",
+         "--ckpt-path", str(halfway), world_size=1)  # fmt: skip
+    _assert_close(expected, load_checkpoint(regrouped / "final.ckpt"), 1e-5, "FSDP 2 -> 1 rank")
 
 
 def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
@@ -351,11 +376,17 @@ def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
     ]
 
 
-def test_a_nan_loss_on_one_rank_is_left_out_without_stalling_the_other(tmp_path: Path) -> None:
-    # Batch 3 ends an accumulation window: the all-reduce must happen on both ranks.
-    args = ("--epochs", "1", "--nan-policy", "skip", "--nan-rank", "1", "--nan-batch", "3")
+def test_a_nan_batch_or_a_stop_request_on_one_rank_keeps_both_ranks_in_step(
+    tmp_path: Path,
+) -> None:
+    # Rank 1 alone gets a NaN loss on batch 3, which ends an accumulation window (the
+    # all-reduce must still happen on both ranks), then alone asks to stop at step 5: both
+    # ranks stop together at the next agreement point, log step 6.
+    args = ("--nan-policy", "skip", "--nan-rank", "1", "--nan-batch", "3",
+            "--stop-rank", "1", "--stop-step", "5")  # fmt: skip
     finished = _run(tmp_path, *args)
     assert "skipping a batch with a non-finite loss" in finished.outputs[1]
+    assert [int(finished.lines(rank, "STEP")[-1][3]) for rank in (0, 1)] == [6, 6]
     weights = [finished.value(rank, "WEIGHTS") for rank in (0, 1)]
     assert weights[0] == weights[1] and math.isfinite(weights[0])
 

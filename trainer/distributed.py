@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
 import sys
 import warnings
@@ -63,8 +64,9 @@ class Distributed:
     """How a run spreads over processes: one process, DDP, or FSDP2, launched by torchrun.
 
     Args:
-        strategy: `"auto"` (DDP when the script runs under torchrun, one plain process
-            otherwise), `"ddp"` or `"fsdp"` (a process group of one when not launched).
+        strategy: `"auto"` (DDP when the script runs under torchrun or a process group is
+            already set up, one plain process otherwise), `"ddp"` or `"fsdp"` (a process
+            group of one when not launched).
         timeout: seconds a collective waits for the other ranks before it fails.
         find_unused_parameters: DDP's option for steps that leave some parameters unused.
         shard_modules: FSDP: submodule classes (or class names), such as a transformer
@@ -120,6 +122,12 @@ class Distributed:
         return self.kind != "single"
 
     @property
+    def ddp(self) -> nn.Module | None:
+        """The DDP module the training step runs through (None without DDP), for instance
+        to register a communication hook such as fp16 gradient compression."""
+        return self._ddp
+
+    @property
     def is_global_zero(self) -> bool:
         """True on the process that writes logs, progress and checkpoints (rank 0)."""
         return self.rank == 0
@@ -172,11 +180,19 @@ class Distributed:
         atexit.register(self.teardown)
 
     def teardown(self) -> None:
-        """Leave the process group this object created (at exit; not after a failure)."""
+        """Leave the process group this object created; runs at exit.
+
+        After a failure NCCL is left alone: destroying it waits for the other ranks, which
+        may be gone. gloo is always destroyed, or its threads can abort the exit.
+        """
         import torch.distributed as dist
 
-        if self._owns_group and dist.is_initialized() and not self._has_failed:
-            dist.destroy_process_group()
+        if self._owns_group and dist.is_initialized():
+            if not self._has_failed or dist.get_backend() == "gloo":
+                dist.destroy_process_group()
+                # Free the wrapped models and their group now, while Python is whole: gloo's
+                # threads abort the process if the interpreter is torn down around them.
+                gc.collect()
         self._owns_group = False
 
     def prepare_model(self, model: nn.Module) -> None:

@@ -332,6 +332,13 @@ def test_ranks_with_different_batch_counts_fail_at_once_naming_the_counts(tmp_pa
         assert "(rank 0: 6, rank 1: 3)" in output
 
 
+def test_an_empty_loader_on_one_rank_ends_both_with_its_message(tmp_path: Path) -> None:
+    finished = _finish(_start(tmp_path, "--samples-on-rank-1", "0"))
+    assert finished.returncodes == [1, 1]
+    assert "train_loader is empty (0 batches)" in finished.outputs[1]
+    assert "remote worker crashing" in finished.outputs[0]  # gloo: the peer is gone
+
+
 def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_other_rank_counts(
     tmp_path: Path, one_process: Path
 ) -> None:

@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     rank = int(os.environ.get("RANK", "0"))
     samples = args.samples_on_rank_1 if rank == 1 else SAMPLES
+    # An empty data set cannot even be shuffled; unshuffled, it reaches the trainer's check.
     loader = DataLoader(
-        _data(samples), batch_size=args.batch_size, shuffle=True, num_workers=args.workers
+        _data(samples), batch_size=args.batch_size, shuffle=samples > 0, num_workers=args.workers
     )
     val_loader = DataLoader(_data(37), batch_size=5)  # uneven: 19 and 18 samples per rank
     model = nn.Sequential(

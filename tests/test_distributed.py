@@ -12,7 +12,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_loader, make_trainer
+from conftest import make_loader, make_mlp, make_trainer
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
@@ -50,19 +49,28 @@ class Finished:
         return float(words[words.index(name) + 1])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass
+class Ranks:
+    """The processes of one job, and the rendezvous store they share."""
+
+    processes: list[subprocess.Popen]
+    store: torch.distributed.TCPStore
 
 
-def _start(run_dir: Path, *args: str, world_size: int = 2) -> list[subprocess.Popen]:
-    """One process per rank, with the variables torchrun sets for its workers."""
-    port = str(_free_port())
+def _start(run_dir: Path, *args: str, world_size: int = 2) -> Ranks:
+    """One process per rank, with the variables torchrun sets for its workers.
+
+    As torchrun's agent does, this process serves the rendezvous store, so it outlives every
+    rank however they end (a store served by rank 0 vanishes while the others still exit).
+    """
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False
+    )
     processes = []
     for rank in range(world_size):
         env = os.environ | {
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+            "TORCHELASTIC_USE_AGENT_STORE": "True", "WORLD_SIZE": str(world_size),
             "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size),
             "OMP_NUM_THREADS": "1",
         }  # fmt: skip
@@ -70,19 +78,19 @@ def _start(run_dir: Path, *args: str, world_size: int = 2) -> list[subprocess.Po
         processes.append(subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ))  # fmt: skip
-    return processes
+    return Ranks(processes, store)
 
 
-def _finish(processes: list[subprocess.Popen]) -> Finished:
+def _finish(ranks: Ranks) -> Finished:
     outputs = []
     try:
-        for process in processes:
+        for process in ranks.processes:
             outputs.append(process.communicate(timeout=WAIT)[0])
     finally:
-        for process in processes:
+        for process in ranks.processes:
             if process.poll() is None:
                 process.kill()
-    return Finished([process.returncode for process in processes], outputs)
+    return Finished([process.returncode for process in ranks.processes], outputs)
 
 
 def _run(run_dir: Path, *args: str, world_size: int = 2) -> Finished:
@@ -183,6 +191,51 @@ def test_one_process_keeps_its_own_decisions_and_means(run_dir: Path) -> None:
     assert not torch.distributed.is_initialized()
 
 
+def test_strategy_ddp_without_torchrun_trains_as_a_group_of_one_like_one_process(
+    run_dir: Path,
+) -> None:
+    plain = make_trainer(run_dir / "plain", seed=0, max_epochs=3)
+    expected = plain.fit()
+    grouped = make_trainer(run_dir / "ddp", seed=0, max_epochs=3, strategy="ddp")
+    try:
+        assert grouped.distributed.kind == "ddp" and grouped.distributed.world_size == 1
+        assert grouped.fit() == expected
+        for a, b in zip(plain.model.parameters(), grouped.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    finally:
+        grouped.distributed.teardown()
+    assert not torch.distributed.is_initialized()
+
+
+def test_accumulation_all_reduces_once_per_optimizer_step(run_dir: Path) -> None:
+    trainer = make_trainer(run_dir, strategy="ddp", accumulate_grad_batches=2, max_epochs=1,
+                           train_loader=make_loader(n=48, batch_size=8))  # fmt: skip
+    reductions = []
+
+    def count(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks real annotations
+        reductions.append(trainer.global_step)
+        done: torch.futures.Future = torch.futures.Future()
+        done.set_result(bucket.buffer())  # one rank: its gradients are the average
+        return done
+
+    try:
+        assert trainer.distributed.ddp is not None
+        trainer.distributed.ddp.register_comm_hook(None, count)
+        trainer.fit()
+    finally:
+        trainer.distributed.teardown()
+    assert trainer.global_step == 3 and reductions == [0, 1, 2]
+
+
+def test_fsdp_refuses_an_optimizer_built_before_sharding() -> None:
+    built_before, sharded = make_mlp(), make_mlp()
+    optimizer = torch.optim.SGD(built_before.parameters(), lr=0.1)
+    distributed = Distributed("fsdp")
+    distributed.kind = "fsdp"  # as after set-up; sharding itself needs a process group
+    with pytest.raises(ValueError, match="an optimizer built from them beforehand holds none"):
+        distributed.check_optimizer(sharded, optimizer)
+
+
 # ------------------------------------------------------------------ real 2-process jobs
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -215,18 +268,18 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def _stop_at(run_dir: Path, step: int, signum: int, ranks: tuple[int, ...]) -> Finished:
-    """Start a 2-rank run and send `signum` to `ranks` once rank 0 reports `step`."""
-    processes = _start(run_dir, "--slow", "0.05")
-    assert processes[0].stdout is not None
+def _stop_at(run_dir: Path, step: int, signum: int, targets: tuple[int, ...]) -> Finished:
+    """Start a 2-rank run and send `signum` to the `targets` ranks once rank 0 reports `step`."""
+    job = _start(run_dir, "--slow", "0.05")
+    assert job.processes[0].stdout is not None
     seen = []
-    for line in processes[0].stdout:
+    for line in job.processes[0].stdout:
         seen.append(line)
         if line.startswith("RANK 0 STEP") and int(line.split()[3]) >= step:
-            for rank in ranks:
-                processes[rank].send_signal(signum)
+            for rank in targets:
+                job.processes[rank].send_signal(signum)
             break
-    finished = _finish(processes)
+    finished = _finish(job)
     finished.outputs[0] = "".join(seen) + finished.outputs[0]
     return finished
 
@@ -235,7 +288,7 @@ def test_a_2_rank_run_killed_anywhere_resumes_bit_identically(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
     step = random.Random().randrange(3, TOTAL_STEPS - 1)
-    killed = _stop_at(tmp_path, step, signal.SIGKILL, ranks=(0, 1))
+    killed = _stop_at(tmp_path, step, signal.SIGKILL, targets=(0, 1))
     assert killed.returncodes == [-signal.SIGKILL] * 2
     _run(tmp_path, "--resume")
     _assert_same_final_state(uninterrupted, tmp_path, f"SIGKILL at step {step}")
@@ -245,7 +298,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
     step = random.Random().randrange(2, TOTAL_STEPS - 3)
-    stopped = _stop_at(tmp_path, step, signal.SIGTERM, ranks=(1,))
+    stopped = _stop_at(tmp_path, step, signal.SIGTERM, targets=(1,))
     assert stopped.returncodes == [143, 143], "\n".join(stopped.outputs)
     last_steps = [int(stopped.lines(rank, "STEP")[-1][3]) for rank in (0, 1)]
     assert last_steps[0] == last_steps[1] >= step
@@ -279,7 +332,14 @@ def test_ranks_with_different_batch_counts_fail_at_once_naming_the_counts(tmp_pa
         assert "(rank 0: 6, rank 1: 3)" in output
 
 
-def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_one_process(
+def test_an_empty_loader_on_one_rank_ends_both_with_its_message(tmp_path: Path) -> None:
+    finished = _finish(_start(tmp_path, "--samples-on-rank-1", "0"))
+    assert finished.returncodes == [1, 1]
+    assert "train_loader is empty (0 batches)" in finished.outputs[1]
+    assert "remote worker crashing" in finished.outputs[0]  # gloo: the peer is gone
+
+
+def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_other_rank_counts(
     tmp_path: Path, one_process: Path
 ) -> None:
     sharded = tmp_path / "fsdp"
@@ -294,6 +354,11 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_one_process(
     _run_in_this_process(resumed, "--batch-size", "16", "--dropout", "0", "--ckpt-path",
                          str(halfway))  # fmt: skip
     _assert_close(expected, load_checkpoint(resumed / "final.ckpt"), 1e-5, "FSDP -> 1 process")
+    # And FSDP loads it into a different number of ranks: a group of one.
+    regrouped = tmp_path / "fsdp_on_one_rank"
+    _run(regrouped, "--strategy", "fsdp", "--batch-size", "16", "--dropout", "0",
+         "--ckpt-path", str(halfway), world_size=1)  # fmt: skip
+    _assert_close(expected, load_checkpoint(regrouped / "final.ckpt"), 1e-5, "FSDP 2 -> 1 rank")
 
 
 def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
@@ -318,11 +383,17 @@ def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
     ]
 
 
-def test_a_nan_loss_on_one_rank_is_left_out_without_stalling_the_other(tmp_path: Path) -> None:
-    # Batch 3 ends an accumulation window: the all-reduce must happen on both ranks.
-    args = ("--epochs", "1", "--nan-policy", "skip", "--nan-rank", "1", "--nan-batch", "3")
+def test_a_nan_batch_or_a_stop_request_on_one_rank_keeps_both_ranks_in_step(
+    tmp_path: Path,
+) -> None:
+    # Rank 1 alone gets a NaN loss on batch 3, which ends an accumulation window (the
+    # all-reduce must still happen on both ranks), then alone asks to stop at step 5: both
+    # ranks stop together at the next agreement point, log step 6.
+    args = ("--nan-policy", "skip", "--nan-rank", "1", "--nan-batch", "3",
+            "--stop-rank", "1", "--stop-step", "5")  # fmt: skip
     finished = _run(tmp_path, *args)
     assert "skipping a batch with a non-finite loss" in finished.outputs[1]
+    assert [int(finished.lines(rank, "STEP")[-1][3]) for rank in (0, 1)] == [6, 6]
     weights = [finished.value(rank, "WEIGHTS") for rank in (0, 1)]
     assert weights[0] == weights[1] and math.isfinite(weights[0])
 

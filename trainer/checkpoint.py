@@ -62,11 +62,14 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return _write_atomically(Path(path), tensors, metadata)
 
 
-def export_weights(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write the model's weights alone as a standard `.safetensors` file for inference."""
+def export_weights(
+    model: torch.nn.Module | dict[str, torch.Tensor], path: str | Path
+) -> Path:
+    """Write a model's weights (or a state dict) as a standard `.safetensors` file."""
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    for name, tensor in weights.items():
         tensors[name] = _storable(tensor, seen)
     return _write_atomically(Path(path), tensors, {"format": "pt"})
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -62,8 +64,9 @@ class Distributed:
     """How a run spreads over processes: one process, DDP, or FSDP2, launched by torchrun.
 
     Args:
-        strategy: `"auto"` (DDP when the script runs under torchrun, one plain process
-            otherwise), `"ddp"` or `"fsdp"` (a process group of one when not launched).
+        strategy: `"auto"` (DDP when the script runs under torchrun or a process group is
+            already set up, one plain process otherwise), `"ddp"` or `"fsdp"` (a process
+            group of one when not launched).
         timeout: seconds a collective waits for the other ranks before it fails.
         find_unused_parameters: DDP's option for steps that leave some parameters unused.
         shard_modules: FSDP: submodule classes (or class names), such as a transformer
@@ -119,6 +122,12 @@ class Distributed:
         return self.kind != "single"
 
     @property
+    def ddp(self) -> nn.Module | None:
+        """The DDP module the training step runs through (None without DDP), for instance
+        to register a communication hook such as fp16 gradient compression."""
+        return self._ddp
+
+    @property
     def is_global_zero(self) -> bool:
         """True on the process that writes logs, progress and checkpoints (rank 0)."""
         return self.rank == 0
@@ -171,11 +180,19 @@ class Distributed:
         atexit.register(self.teardown)
 
     def teardown(self) -> None:
-        """Leave the process group this object created (at exit; not after a failure)."""
+        """Leave the process group this object created; runs at exit.
+
+        After a failure NCCL is left alone: destroying it waits for the other ranks, which
+        may be gone. gloo is always destroyed, or its threads can abort the exit.
+        """
         import torch.distributed as dist
 
-        if self._owns_group and dist.is_initialized() and not self._has_failed:
-            dist.destroy_process_group()
+        if self._owns_group and dist.is_initialized():
+            if not self._has_failed or dist.get_backend() == "gloo":
+                dist.destroy_process_group()
+                # Free the wrapped models and their group now, while Python is whole: gloo's
+                # threads abort the process if the interpreter is torn down around them.
+                gc.collect()
         self._owns_group = False
 
     def prepare_model(self, model: nn.Module) -> None:
@@ -185,7 +202,7 @@ class Distributed:
         import torch.distributed as dist
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
-        self._fsdp_root = model
+        self._fsdp_root, self._gradient_sync = model, None
         if isinstance(model, FSDPModule):  # the user sharded it already
             return
         with torch.no_grad():
@@ -459,13 +476,14 @@ class Distributed:
             return
         self._has_failed = True
         if _is_collective_failure(exception):
-            exception.add_note(
+            _add_note(
+                exception,
                 f"rank {self.rank}: a collective operation with the other ranks failed. Most "
                 "likely another rank failed first (its error is printed with its rank); "
-                "otherwise the ranks disagree, e.g. one ran more batches than the others."
+                "otherwise the ranks disagree, e.g. one ran more batches than the others.",
             )
             return
-        exception.add_note(f"raised on rank {self.rank} of {self.world_size}")
+        _add_note(exception, f"raised on rank {self.rank} of {self.world_size}")
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
             from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
@@ -543,6 +561,13 @@ def _by_index(
             for group in state["param_groups"]
         ],
     }
+
+
+def _add_note(exception: BaseException, note: str) -> None:
+    if hasattr(exception, "add_note"):  # Python 3.11+
+        exception.add_note(note)
+    else:
+        print(note, file=sys.stderr)
 
 
 def _is_collective_failure(exception: BaseException) -> bool:

@@ -233,18 +233,17 @@ def data_position(
         "dataset_length": _length(dataset),
         "batch_size": getattr(loader, "batch_size", None),
         "num_batches": _length(loader),
-        "ranks": sampler.num_replicas if sampler is not None else 1,
+        "ranks": _ranks_sharing(loader),
     }
 
 
 def check_same_data(saved: dict[str, Any], loader: Iterable[Any] | None, source: Any) -> None:
     """Refuse a mid-epoch resume whose data set length, batch size or rank count changed."""
     dataset = getattr(loader, "dataset", None)
-    sampler = getattr(loader, "sampler", None)
     now = {
         "dataset_length": _length(dataset),
         "batch_size": getattr(loader, "batch_size", None),
-        "ranks": getattr(sampler, "num_replicas", 1),
+        "ranks": _ranks_sharing(loader),
     }
     before = {name: saved.get(name, 1 if name == "ranks" else None) for name in now}
     changed = [
@@ -257,6 +256,11 @@ def check_same_data(saved: dict[str, Any], loader: Iterable[Any] | None, source:
             "with the same data, batch size and number of ranks, or from a checkpoint saved "
             "at an epoch end (those resume on any number of ranks)."
         )
+
+
+def _ranks_sharing(loader: Any) -> int:
+    """How many ranks split the loader's data (ours or a `DistributedSampler`)."""
+    return int(getattr(getattr(loader, "sampler", None), "num_replicas", 1))
 
 
 def _length(sized: Any) -> int | None:

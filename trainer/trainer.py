@@ -5,6 +5,7 @@ default steps, and the training loop itself, in plain Python a reader follows to
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import sys
@@ -603,7 +604,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Save everything needed to continue this run to `path`, atomically."""
+        """Save everything needed to continue this run to `path`, atomically.
+
+        On several ranks, call it on every rank: it gathers their states, rank 0 writes.
+        """
         self._check_finite_loss(self._train_means.mean("train/loss"))
         state = self.state.state_dict()
         if self._epoch_done:  # saved at an epoch's end: resume at the next epoch's start
@@ -621,10 +625,10 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "precision": self.precision.state_dict(),
             "state": state,
-            "rng": rng,
+            # Ranks 1.. keep their own random streams (dropout, workers) for an exact resume.
+            "rng": rng | {"other_ranks": ranks[1:]},
             "data": data_position(self.train_loader, self._sampler, self._epoch_start_rng),
             "callbacks": self.callbacks.state_dicts(),
-            "other_ranks": ranks[1:],  # their own random states, for an exact resume
         }
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns only once the file is complete.
@@ -632,8 +636,13 @@ class Trainer:
         return Path(path)
 
     def export_weights(self, path: str | Path) -> Path:
-        """Write the model's weights alone as a `.safetensors` file, for inference and sharing."""
-        return export_weights(self.model, path)
+        """Write the model's weights alone as a `.safetensors` file, for inference and sharing.
+
+        On several ranks, call it on every rank (FSDP gathers the weights); rank 0 writes.
+        """
+        weights = self.distributed.model_state_dict(self.model)
+        self.distributed.run_on_zero("export weights", export_weights, weights, path)
+        return Path(path)
 
     def _save_and_exit(self, signum: int) -> None:
         """Preemption: save the last state at this step boundary, then exit with 128 + signum."""
@@ -829,7 +838,9 @@ def _assemble_callbacks(
 def _as_distributed(strategy: str | Distributed, nan_policy: str) -> Distributed:
     if isinstance(strategy, str):
         strategy = Distributed(strategy)
-    elif not isinstance(strategy, Distributed):
+    elif isinstance(strategy, Distributed):
+        strategy = copy.copy(strategy)  # its own wrapped model: one object may serve two runs
+    else:
         raise TypeError(
             f"strategy must be 'auto', 'ddp', 'fsdp' or a trainer.distributed.Distributed, "
             f"got {type(strategy).__name__}."
@@ -855,7 +866,7 @@ def _set_sampler_epoch(loader: Any, epoch: int) -> None:
 
 def _take_own_random_states(checkpoint: dict[str, Any], rank: int) -> None:
     """Rank r > 0 resumes from its own saved random states (when the run had that rank)."""
-    others = checkpoint.get("other_ranks") or []
+    others = checkpoint["rng"].get("other_ranks") or []
     if 0 < rank <= len(others):
         checkpoint["rng"] = others[rank - 1]["rng"]
         checkpoint["data"]["epoch_start_rng"] = others[rank - 1]["epoch_start_rng"]

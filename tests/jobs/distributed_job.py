@@ -40,6 +40,17 @@ class PrintSteps(Callback):
         time.sleep(self.slow)
 
 
+class StopRequest(Callback):
+    """One rank alone asks to stop, as a callback watching a local condition might."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+        if trainer.distributed.rank == self.rank and trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
 class FailingTrainer(Trainer):
     """Raises on one rank at one optimizer step, as a bug would, or returns a NaN loss for
     one batch of one rank, as bad data would."""
@@ -78,14 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nan-rank", type=int, default=-1)
     parser.add_argument("--nan-batch", type=int, default=-1)
     parser.add_argument("--nan-policy", default="raise")
+    parser.add_argument("--stop-rank", type=int, default=-1)
+    parser.add_argument("--stop-step", type=int, default=-1)
     parser.add_argument("--samples-on-rank-1", type=int, default=SAMPLES)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rank = int(os.environ.get("RANK", "0"))
     samples = args.samples_on_rank_1 if rank == 1 else SAMPLES
+    # An empty data set cannot even be shuffled; unshuffled, it reaches the trainer's check.
     loader = DataLoader(
-        _data(samples), batch_size=args.batch_size, shuffle=True, num_workers=args.workers
+        _data(samples), batch_size=args.batch_size, shuffle=samples > 0, num_workers=args.workers
     )
     val_loader = DataLoader(_data(37), batch_size=5)  # uneven: 19 and 18 samples per rank
     model = nn.Sequential(
@@ -111,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         progress_bar=False,
         logger=False,
         strategy=Distributed(args.strategy, timeout=120),
-        callbacks=[PrintSteps(args.slow), ModelCheckpoint(every_n_steps=2, keep_last=100)],
+        callbacks=[
+            PrintSteps(args.slow),
+            StopRequest(args.stop_rank, args.stop_step),
+            ModelCheckpoint(every_n_steps=2, keep_last=100),
+        ],
     )
     history = trainer.fit(ckpt_path=args.ckpt_path or ("last" if args.resume else None))
     trainer.save_checkpoint(args.run_dir / "final.ckpt")

@@ -4,8 +4,8 @@ Conventions for the fenced blocks of `docs/*.md`, written as an HTML comment on 
 just before a block (invisible on the site):
 
 - a ```python block runs, in page order, in one namespace per page; no marker needed;
-- `<!-- docs-test: skip, needs a GPU -->` (or `a network`) leaves a block out; no other
-  reason is accepted;
+- `<!-- docs-test: skip, needs a GPU -->` (or `a network`, or `torchrun` for code that
+  needs several processes) leaves a block out; no other reason is accepted;
 - `<!-- docs-test: output -->` on a ```text block: the stdout of the python block before it,
   less the per-epoch lines of the progress bar (they hold timings);
 - `<!-- docs-test: excerpt trainer/trainer.py -->` on a block: every line is a verbatim line
@@ -117,7 +117,8 @@ def test_blocks_are_left_out_only_for_a_gpu_or_a_network() -> None:
     for page in PAGES:
         for block in blocks(page):
             if block.marker.startswith("skip"):
-                assert re.fullmatch(r"skip, needs (a GPU|a network)", block.marker), str(block)
+                reason = r"skip, needs (a GPU|a network|torchrun)"
+                assert re.fullmatch(reason, block.marker), str(block)
             else:
                 assert block.marker in ("", "output") or block.marker.startswith("excerpt "), (
                     f"{block}: unknown marker {block.marker!r}"

@@ -1,7 +1,8 @@
 """`TensorBoardLogger`: every figure passed to `on_log` becomes a TensorBoard scalar.
 
 Tags are the metric names themselves (`train/loss`, `val/acc`, `lr`, ...), plotted
-against the optimizer step. tensorboard is imported only when a run starts.
+against the optimizer step. The files are written by `trainer.event_file`, so a run never
+imports tensorboard itself (only the dashboard needs it).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Open the writer; on resume, drop points a killed run wrote after its checkpoint."""
-        from torch.utils.tensorboard import SummaryWriter
+        from trainer.event_file import EventFileWriter
 
         self.log_dir = self.log_dir or trainer.run_dir
         purge_step = trainer.global_step + 1 if trainer.global_step else None
-        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        self._writer = EventFileWriter(self.log_dir, purge_step=purge_step)
 
     def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
         """Write each figure at `step`."""

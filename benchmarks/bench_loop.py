@@ -1,13 +1,20 @@
 """Trainer against a hand-written loop: same model, data, seed and data order, fresh processes.
 
-    python benchmarks/bench_loop.py                      # both workloads, 5 rounds
-    python benchmarks/bench_loop.py --workload overhead --rounds 7
+    python benchmarks/bench_loop.py                           # both workloads, 5 rounds
+    python benchmarks/bench_loop.py --workload overhead --rounds 9
+    python benchmarks/bench_loop.py --workload compute --device cuda --precision bf16-mixed \
+        --compile
 
-Each measurement runs in a new Python process, and the variants are interleaved (A B C A B
-C ...) so drift in the machine's speed hits them alike. Printed per workload: the median,
-min and max training time of each variant, the ratio of medians to the hand-written loop,
-peak memory, and the final loss of each (they must agree: same seed, same data order).
-Then the import time of `trainer` over `torch`.
+Each measurement runs in a new Python process, and the variants are interleaved (A B C,
+then B C A, ...) so drift in the machine's speed hits them alike. Printed per workload:
+the median, min and max training time of each variant (wall clock and the process's CPU
+time, which a busy shared machine disturbs less), the ratio of medians to the hand-written
+loop, peak memory, and the final loss of each (they must agree: same seed, same data
+order). Then the import time of `trainer` over `torch`.
+
+Variants: `hand-written` (the loop a researcher writes), `trainer-bare` (Trainer with
+progress bar, logger and checkpoints off) and `trainer-defaults` (all three on: a progress
+line per epoch, TensorBoard events every 50 steps, a checkpoint at every epoch end).
 """
 
 from __future__ import annotations
@@ -15,26 +22,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-WORKLOADS = {
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # measure this checkout's trainer, not an installed one
+
+WORKLOADS: dict[str, dict[str, Any]] = {
     # Many tiny steps: the cost of the loop's own Python work is what shows.
     "overhead": {"features": 64, "hidden": [64], "samples": 32_000, "batch": 64, "epochs": 4},
     # Few big steps: the matrix multiplications dominate.
     "compute": {
         "features": 512, "hidden": [2048, 2048], "samples": 6_400, "batch": 256, "epochs": 2
     },
-}
+}  # fmt: skip
 VARIANTS = ("hand-written", "trainer-bare", "trainer-defaults")
 
 
 # --------------------------------------------------------------------------------- one process
-def _build(workload: dict) -> tuple:
+def _build(workload: dict[str, Any], settings: argparse.Namespace) -> tuple:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -48,25 +61,69 @@ def _build(workload: dict) -> tuple:
     for hidden in workload["hidden"]:
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
-    model = nn.Sequential(*layers, nn.Linear(width, 10))
-    loader = DataLoader(TensorDataset(inputs, targets), batch_size=workload["batch"], shuffle=True)
+    model = nn.Sequential(*layers, nn.Linear(width, 10)).to(settings.device)
+    loader = DataLoader(
+        TensorDataset(inputs, targets),
+        batch_size=workload["batch"],
+        shuffle=True,
+        pin_memory=settings.device == "cuda",
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return model, loader, optimizer, nn.CrossEntropyLoss()
 
 
-def _hand_written(model, loader, optimizer, loss_fn, workload: dict) -> None:
-    """The loop a researcher writes by hand."""
+def _hand_written(
+    model: Any, loader: Any, optimizer: Any, loss_fn: Any, epochs: int, settings: Any
+) -> None:
+    """The loop a researcher writes by hand, with the same precision and compile settings."""
+    import torch
+
+    device = torch.device(settings.device)
+    input_dtype = torch.bfloat16 if settings.precision == "bf16-true" else None
+    if input_dtype is not None:
+        model.to(input_dtype)
+    if settings.compile:
+        model.compile()
     model.train()
-    for _ in range(workload["epochs"]):
+    if settings.precision in ("16-mixed", "bf16-mixed"):
+        _mixed_precision_loop(model, loader, optimizer, loss_fn, epochs, device, settings.precision)
+        return
+    for _ in range(epochs):
         for inputs, targets in loader:
+            if device.type != "cpu" or input_dtype is not None:
+                inputs = inputs.to(device, input_dtype, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
             loss = loss_fn(model(inputs), targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
 
-def _with_trainer(model, loader, optimizer, loss_fn, workload: dict, defaults: bool,
-                  run_dir: str) -> None:
+def _mixed_precision_loop(
+    model: Any, loader: Any, optimizer: Any, loss_fn: Any, epochs: int, device: Any,
+    precision: str,
+) -> None:  # fmt: skip
+    """The automatic mixed precision recipe of the PyTorch documentation."""
+    import torch
+
+    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    for _ in range(epochs):
+        for inputs, targets in loader:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype):
+                loss = loss_fn(model(inputs), targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def _with_trainer(
+    model: Any, loader: Any, optimizer: Any, loss_fn: Any, epochs: int, defaults: bool,
+    run_dir: str, settings: Any,
+) -> None:  # fmt: skip
     from trainer import Trainer
 
     trainer = Trainer(
@@ -74,8 +131,10 @@ def _with_trainer(model, loader, optimizer, loss_fn, workload: dict, defaults: b
         optimizer=optimizer,
         loss_fn=loss_fn,
         train_loader=loader,
-        max_epochs=workload["epochs"],
-        device="cpu",
+        max_epochs=epochs,
+        device=settings.device,
+        precision=settings.precision,
+        compile=settings.compile,
         run_dir=run_dir,
         progress_bar=defaults,
         logger=defaults,
@@ -84,102 +143,164 @@ def _with_trainer(model, loader, optimizer, loss_fn, workload: dict, defaults: b
     trainer.fit()
 
 
-def _final_loss(model, loader, loss_fn) -> float:
+def _final_loss(model: Any, loader: Any, loss_fn: Any) -> float:
     """Loss of the trained model on the first 1,024 samples: equal weights give equal losses."""
     import torch
 
-    dataset = loader.dataset
+    parameter = next(model.parameters())
+    inputs, targets = loader.dataset[:1024]
     with torch.no_grad():
         model.eval()
-        inputs, targets = dataset[:1024]
-        return float(loss_fn(model(inputs), targets))
+        outputs = model(inputs.to(parameter.device, parameter.dtype))
+        return float(loss_fn(outputs.float(), targets.to(parameter.device)))
 
 
-def run_worker(variant: str, workload_name: str) -> None:
+def run_worker(variant: str, workload_name: str, settings: argparse.Namespace) -> None:
     """Time one variant in this process and print a JSON line with the figures."""
     workload = WORKLOADS[workload_name]
     import torch  # imported before timing: start-up is measured separately
 
     import trainer  # noqa: F401  (same imports in every variant)
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model, loader, optimizer, loss_fn = _build(workload)
+    torch.set_num_threads(settings.threads)
+    model, loader, optimizer, loss_fn = _build(workload, settings)
     with tempfile.TemporaryDirectory() as run_dir:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         if variant == "hand-written":
-            _hand_written(model, loader, optimizer, loss_fn, workload)
+            _hand_written(model, loader, optimizer, loss_fn, workload["epochs"], settings)
         else:
             defaults = variant == "trainer-defaults"
-            _with_trainer(model, loader, optimizer, loss_fn, workload, defaults, run_dir)
-        seconds = time.perf_counter() - start
-    loss = _final_loss(model, loader, loss_fn)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "loss": loss, "peak_mib": peak_mib}))
+            _with_trainer(
+                model, loader, optimizer, loss_fn, workload["epochs"], defaults, run_dir, settings
+            )
+        if settings.device == "cuda":
+            torch.cuda.synchronize()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    figures = {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "loss": _final_loss(model, loader, loss_fn),
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if settings.device == "cuda":
+        figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(figures))
+
+
+def import_worker() -> None:
+    """Time `import torch`, then `import trainer` on top of it, in this fresh process."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    import torch  # noqa: F401
+
+    middle, middle_cpu = time.perf_counter(), time.process_time()
+    import trainer  # noqa: F401
+
+    end, end_cpu = time.perf_counter(), time.process_time()
+    print(json.dumps({
+        "torch": middle - start, "torch_cpu": middle_cpu - start_cpu,
+        "trainer": end - middle, "trainer_cpu": end_cpu - middle_cpu,
+    }))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- the driver
-def _measure(variant: str, workload: str) -> dict:
+def _run_json(arguments: list[str]) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, __file__, "--worker", variant, "--workload", workload],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [sys.executable, __file__, *arguments], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"worker {' '.join(arguments)} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _import_seconds(module: str, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _settings_arguments(settings: argparse.Namespace) -> list[str]:
+    arguments = ["--threads", str(settings.threads), "--device", settings.device]
+    arguments += ["--precision", settings.precision] + (["--compile"] if settings.compile else [])
+    return arguments
 
 
-def compare(workload: str, rounds: int) -> None:
-    results: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
-    for _ in range(rounds):
-        for variant in VARIANTS:
-            results[variant].append(_measure(variant, workload))
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):8.3f} {min(values):7.3f} {max(values):7.3f}"
+
+
+def compare(workload: str, settings: argparse.Namespace) -> None:
+    """Measure every variant `settings.rounds` times, interleaved, and print the table."""
+    results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    for round_index in range(settings.rounds):
+        shift = round_index % len(VARIANTS)
+        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+            arguments = ["--worker", variant, "--workload", workload]
+            results[variant].append(_run_json(arguments + _settings_arguments(settings)))
     spec = WORKLOADS[workload]
     steps = spec["epochs"] * -(-spec["samples"] // spec["batch"])
-    print(f"\n{workload}: {spec}, {steps} optimizer steps, {rounds} rounds")
-    print(f"{'variant':18} {'median s':>9} {'min':>7} {'max':>7} {'ratio':>6} {'peak MiB':>9} loss")
-    base = statistics.median(r["seconds"] for r in results["hand-written"])
-    base_memory = statistics.median(r["peak_mib"] for r in results["hand-written"])
+    print(f"\n{workload}: {spec}, {steps} optimizer steps, {settings.rounds} rounds")
+    print(
+        f"{'variant':17} {'wall s: median':>14} {'min':>7} {'max':>7} {'ratio':>6}   "
+        f"{'cpu s: median':>13} {'min':>7} {'max':>7} {'ratio':>6} {'peak MiB':>9}"
+    )
+    base = {key: statistics.median(r[key] for r in results["hand-written"])
+            for key in ("seconds", "cpu_seconds", "peak_mib")}  # fmt: skip
+    hand_losses = [r["loss"] for r in results["hand-written"]]
     for variant, runs in results.items():
-        seconds = [r["seconds"] for r in runs]
-        median = statistics.median(seconds)
+        wall, cpu = [r["seconds"] for r in runs], [r["cpu_seconds"] for r in runs]
         memory = statistics.median(r["peak_mib"] for r in runs)
-        losses = sorted({round(r["loss"], 6) for r in runs})
         print(
-            f"{variant:18} {median:9.3f} {min(seconds):7.3f} {max(seconds):7.3f} "
-            f"{median / base:6.3f} {memory:7.0f} ({memory / base_memory:4.2f}x) {losses}"
+            f"{variant:17} {_spread(wall):>30} {statistics.median(wall) / base['seconds']:6.3f}"
+            f"   {_spread(cpu):>29} {statistics.median(cpu) / base['cpu_seconds']:6.3f}"
+            f" {memory:6.0f} ({memory / base['peak_mib']:5.3f}x)"
+            + (f" gpu {statistics.median(r['peak_gpu_mib'] for r in runs):.0f} MiB"
+               if "peak_gpu_mib" in runs[0] else "")
+        )  # fmt: skip
+    for variant in VARIANTS[1:]:
+        losses = [r["loss"] for r in results[variant]]
+        difference = max(abs(a - b) / abs(b) for a in losses for b in hand_losses)
+        print(
+            f"final loss {variant} vs hand-written: {sorted(set(losses))} vs "
+            f"{sorted(set(hand_losses))} (largest relative difference {difference:.1e})"
         )
-    hand_loss = {round(r["loss"], 6) for r in results["hand-written"]}
-    bare_loss = {round(r["loss"], 6) for r in results["trainer-bare"]}
-    print("same final loss as the hand-written loop:", hand_loss == bare_loss)
+
+
+def report_imports(rounds: int) -> None:
+    """Median start-up of `import torch` and of `import trainer` on top of it."""
+    runs = [_run_json(["--import-worker"]) for _ in range(rounds)]
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(
+        f"\nimport torch {median['torch']:.3f} s wall ({median['torch_cpu']:.3f} s cpu); "
+        f"import trainer adds {median['trainer']:.3f} s wall ({median['trainer_cpu']:.3f} s "
+        f"cpu); medians of {rounds} fresh processes"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5, help="measurements per variant")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        run_worker(args.worker, args.workload)
-        return
-    import platform
-
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.processor()}")
-    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
-        compare(workload, args.rounds)
-    torch_seconds = _import_seconds("torch", args.rounds)
-    trainer_seconds = _import_seconds("trainer", args.rounds)
-    print(
-        f"\nimport torch {torch_seconds:.3f} s, import trainer {trainer_seconds:.3f} s "
-        f"(+{trainer_seconds - torch_seconds:.3f} s)"
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--precision", choices=["32", "16-mixed", "bf16-mixed", "bf16-true"], default="32"
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile in both loops")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--import-worker", action="store_true", help=argparse.SUPPRESS)
+    settings = parser.parse_args()
+    if settings.import_worker:
+        import_worker()
+        return
+    if settings.worker:
+        run_worker(settings.worker, settings.workload, settings)
+        return
+    import torch
+
+    accelerator = torch.cuda.get_device_name() if settings.device == "cuda" else "none"
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), accelerator: {accelerator}; "
+        f"threads={settings.threads} device={settings.device} precision={settings.precision} "
+        f"compile={settings.compile}"
+    )
+    for workload in WORKLOADS if settings.workload == "all" else [settings.workload]:
+        compare(workload, settings)
+    report_imports(settings.rounds)
 
 
 if __name__ == "__main__":

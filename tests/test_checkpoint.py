@@ -253,6 +253,34 @@ def test_an_unusable_checkpoint_path_is_refused_saying_why(
     assert isinstance(info.value, ValueError)
 
 
+def _as_format_1(path: Path, sha256: str | None = None) -> None:
+    """Rewrite a checkpoint as format 1 wrote it: SHA-256 where format 2 has a CRC-32."""
+    from safetensors import safe_open
+
+    from trainer.checkpoint import _sha256
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    metadata.pop("crc32", None)
+    metadata |= {"format_version": "1", "sha256": sha256 or _sha256(metadata["content"], tensors)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_format_1_checkpoints_with_a_sha256_still_load_and_are_still_checked(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    trainer = make_trainer(run_dir)
+    trainer.fit()
+    path = trainer.save_checkpoint(tmp_path / "old.ckpt")
+    _as_format_1(path)
+    assert load_checkpoint(path)["state"]["global_step"] == trainer.global_step
+
+    _as_format_1(path, sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="is corrupted: its checksum does not match"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(
     run_dir: Path, tmp_path: Path
 ) -> None:

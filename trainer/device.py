@@ -84,9 +84,12 @@ def move_to_device(
     if isinstance(batch, torch.Tensor):
         if dtype is not None and batch.is_floating_point():
             return batch.to(device, dtype, non_blocking=non_blocking)
+        if batch.device == device:  # cheaper than asking .to() to find out
+            return batch
         return batch.to(device, non_blocking=non_blocking)
-    if type(batch) in (tuple, list):  # the common case, first: this runs every step
-        return type(batch)([move_to_device(item, device, non_blocking, dtype) for item in batch])
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common case, first: this runs every step
+        return kind([move_to_device(item, device, non_blocking, dtype) for item in batch])
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
         return type(batch)(*(move_to_device(item, device, non_blocking, dtype) for item in batch))
     if isinstance(batch, (list, tuple)):
@@ -156,6 +159,10 @@ def _used_on(batch: Any, stream: torch.cuda.Stream) -> None:
 
 def batch_size_of(batch: Any) -> int:
     """The length of the first tensor found in `batch`, used to weight per-batch means."""
+    if type(batch) is tuple or type(batch) is list:  # (inputs, targets): this runs every step
+        first = batch[0] if batch else None
+        if isinstance(first, torch.Tensor) and first.ndim:
+            return first.shape[0]
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):

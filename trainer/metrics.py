@@ -35,39 +35,38 @@ def is_stateful_metric(metric: object) -> bool:
 class RunningMeans:
     """Weighted means of named scalars, accumulated on whatever device the values live on.
 
-    `add` only appends to a list, so a training step pays no tensor operation for it; the
-    values are summed on their device every `fold_every` additions and when a mean is read.
+    `add` only appends a tensor to a list, so a training step pays no tensor operation for
+    it; the list is summed on its device in one go every `fold_every` additions and when a
+    mean is read. Plain numbers are summed on the host at once.
     """
 
     def __init__(self, fold_every: int = 1024) -> None:
         self.fold_every = fold_every
-        self._pending: dict[str, list[Any]] = {}
-        self._pending_weights: dict[str, list[float]] = {}
+        self._pending: dict[str, list[tuple[torch.Tensor, float]]] = {}
         self._sums: dict[str, torch.Tensor | float] = {}
         self._weights: dict[str, float] = {}
 
     def add(self, name: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
-        """Add `value` (a detached tensor or a number) counted `weight` times."""
-        values = self._pending.get(name)
-        if values is None:
-            values = self._pending[name] = []
-            self._pending_weights[name] = []
-        values.append(value)
-        self._pending_weights[name].append(weight)
-        if len(values) >= self.fold_every:
+        """Add `value` (a detached scalar tensor or a number) counted `weight` times."""
+        if not isinstance(value, torch.Tensor):
+            self._sums[name] = self._sums.get(name, 0.0) + float(value) * weight
+            self._weights[name] = self._weights.get(name, 0.0) + weight
+            return
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = self._pending[name] = []
+        pending.append((value, weight))
+        if len(pending) >= self.fold_every:
             self._fold(name)
 
     def _fold(self, name: str) -> None:
-        values, weights = self._pending.pop(name), self._pending_weights.pop(name)
-        pairs = list(zip(values, weights, strict=True))
-        tensors = [(v, w) for v, w in pairs if isinstance(v, torch.Tensor)]
-        total: torch.Tensor | float = sum(
-            float(v) * w for v, w in pairs if not isinstance(v, torch.Tensor)
-        )
-        if tensors:
-            stacked = torch.stack([v.reshape(()).float() for v, _ in tensors])
-            factors = torch.tensor([w for _, w in tensors], device=stacked.device)
-            total = (stacked * factors).sum() + total
+        values, weights = zip(*self._pending.pop(name), strict=True)
+        try:
+            stacked = torch.stack(values)
+        except RuntimeError:  # scalars of different shapes, e.g. () and (1,)
+            stacked = torch.stack([value.reshape(()) for value in values])
+        factors = torch.tensor(weights, dtype=torch.float32, device=stacked.device)
+        total = (stacked.reshape(-1).float() * factors).sum()
         self._sums[name] = self._sums.get(name, 0.0) + total
         self._weights[name] = self._weights.get(name, 0.0) + sum(weights)
 
@@ -93,7 +92,6 @@ class RunningMeans:
 
     def reset(self) -> None:
         self._pending.clear()
-        self._pending_weights.clear()
         self._sums.clear()
         self._weights.clear()
 

@@ -53,6 +53,8 @@ class Precision:
         # Floating-point batch tensors are cast to this on their way to the device.
         self.input_dtype: torch.dtype | None = torch.bfloat16 if name == "bf16-true" else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "16-mixed")
+        self._is_scaling = self.scaler.is_enabled()  # read every step: a plain attribute
+        self._no_autocast = contextlib.nullcontext()  # reusable, unlike torch.autocast
         self._watched: torch.optim.Optimizer | None = None
         self._has_stepped = False
 
@@ -71,19 +73,22 @@ class Precision:
             return torch.autocast(self.device.type, dtype=self._autocast_dtype)
         if self.input_dtype is not None:
             return _default_dtype(self.input_dtype)
-        return contextlib.nullcontext()
+        return self._no_autocast
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate `loss`, scaled first when a GradScaler is live."""
-        self.scaler.scale(loss).backward()
+        if self._is_scaling:
+            loss = self.scaler.scale(loss)
+        loss.backward()
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients back to their true size before clipping or inspection."""
-        self.scaler.unscale_(optimizer)
+        if self._is_scaling:
+            self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Step the optimizer; return False when the scaler skipped it for inf/nan gradients."""
-        if not self.scaler.is_enabled():
+        if not self._is_scaling:
             optimizer.step()
             return True
         if getattr(optimizer, "_step_supports_amp_scaling", False):

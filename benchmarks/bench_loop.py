@@ -7,10 +7,11 @@
 
 Each measurement runs in a new Python process, and the variants are interleaved (A B C,
 then B C A, ...) so drift in the machine's speed hits them alike. Printed per workload:
-the median, min and max training time of each variant (wall clock and the process's CPU
+the median, min and max training time of each variant (wall clock; then the process's CPU
 time, which a busy shared machine disturbs less), the ratio of medians to the hand-written
-loop, peak memory, and the final loss of each (they must agree: same seed, same data
-order). Then the import time of `trainer` over `torch`.
+loop, the median of each round's own ratio ("paired"), peak memory, and the final loss of
+each (they must agree: same seed, same data order). Then the import time of `trainer`
+over `torch`.
 
 Variants: `hand-written` (the loop a researcher writes), `trainer-bare` (Trainer with
 progress bar, logger and checkpoints off) and `trainer-defaults` (all three on: a progress
@@ -234,18 +235,23 @@ def compare(workload: str, settings: argparse.Namespace) -> None:
     steps = spec["epochs"] * -(-spec["samples"] // spec["batch"])
     print(f"\n{workload}: {spec}, {steps} optimizer steps, {settings.rounds} rounds")
     print(
-        f"{'variant':17} {'wall s: median':>14} {'min':>7} {'max':>7} {'ratio':>6}   "
-        f"{'cpu s: median':>13} {'min':>7} {'max':>7} {'ratio':>6} {'peak MiB':>9}"
+        f"{'variant':17} {'wall s: median':>14} {'min':>7} {'max':>7} {'ratio':>6} {'paired':>6}"
+        f"   {'cpu s: median':>13} {'ratio':>6} {'peak MiB':>9}"
     )
-    base = {key: statistics.median(r[key] for r in results["hand-written"])
+    hand = results["hand-written"]
+    base = {key: statistics.median(r[key] for r in hand)
             for key in ("seconds", "cpu_seconds", "peak_mib")}  # fmt: skip
-    hand_losses = [r["loss"] for r in results["hand-written"]]
+    hand_losses = [r["loss"] for r in hand]
     for variant, runs in results.items():
         wall, cpu = [r["seconds"] for r in runs], [r["cpu_seconds"] for r in runs]
+        # Each round's own ratio: neighbours in time share the machine's mood of the moment.
+        pairs = zip(runs, hand, strict=True)
+        paired = statistics.median(r["seconds"] / h["seconds"] for r, h in pairs)
         memory = statistics.median(r["peak_mib"] for r in runs)
         print(
             f"{variant:17} {_spread(wall):>30} {statistics.median(wall) / base['seconds']:6.3f}"
-            f"   {_spread(cpu):>29} {statistics.median(cpu) / base['cpu_seconds']:6.3f}"
+            f" {paired:6.3f}   {statistics.median(cpu):13.3f}"
+            f" {statistics.median(cpu) / base['cpu_seconds']:6.3f}"
             f" {memory:6.0f} ({memory / base['peak_mib']:5.3f}x)"
             + (f" gpu {statistics.median(r['peak_gpu_mib'] for r in runs):.0f} MiB"
                if "peak_gpu_mib" in runs[0] else "")

@@ -62,8 +62,13 @@ def make_loader(
     return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle)
 
 
-def make_trainer(run_dir: Path, model: nn.Module | None = None, **overrides: Any) -> Trainer:
-    """A quiet Trainer on random data; every keyword of Trainer can be overridden."""
+def make_trainer(
+    run_dir: Path,
+    model: nn.Module | None = None,
+    trainer_class: type[Trainer] = Trainer,
+    **overrides: Any,
+) -> Trainer:
+    """A quiet Trainer (or subclass) on random data; every keyword can be overridden."""
     model = model if model is not None else make_mlp()
     options: dict[str, Any] = {
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
@@ -79,7 +84,7 @@ def make_trainer(run_dir: Path, model: nn.Module | None = None, **overrides: Any
         "device": "cpu",
     }
     options.update(overrides)
-    return Trainer(model, **options)
+    return trainer_class(model, **options)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ __all__ = [
     "ResumableSampler",
     "check_same_data",
     "data_position",
+    "length_or_none",
     "make_resumable",
     "shard_for_evaluation",
     "why_not_resumable",
@@ -230,9 +231,9 @@ def data_position(
     return {
         "epoch_start_rng": epoch_start_rng,
         "epoch_order": sampler.epoch_order if sampler is not None else {},
-        "dataset_length": _length(dataset),
+        "dataset_length": length_or_none(dataset),
         "batch_size": getattr(loader, "batch_size", None),
-        "num_batches": _length(loader),
+        "num_batches": length_or_none(loader),
         "ranks": _ranks_sharing(loader),
     }
 
@@ -241,7 +242,7 @@ def check_same_data(saved: dict[str, Any], loader: Iterable[Any] | None, source:
     """Refuse a mid-epoch resume whose data set length, batch size or rank count changed."""
     dataset = getattr(loader, "dataset", None)
     now = {
-        "dataset_length": _length(dataset),
+        "dataset_length": length_or_none(dataset),
         "batch_size": getattr(loader, "batch_size", None),
         "ranks": _ranks_sharing(loader),
     }
@@ -263,7 +264,8 @@ def _ranks_sharing(loader: Any) -> int:
     return int(getattr(getattr(loader, "sampler", None), "num_replicas", 1))
 
 
-def _length(sized: Any) -> int | None:
+def length_or_none(sized: Any) -> int | None:
+    """`len(sized)`, or None for an iterable without a length."""
     try:
         return len(sized)
     except TypeError:

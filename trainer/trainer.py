@@ -47,6 +47,7 @@ from trainer.sampling import (
     ResumableSampler,
     check_same_data,
     data_position,
+    length_or_none,
     why_not_resumable,
 )
 from trainer.state import TrainState
@@ -231,7 +232,7 @@ class Trainer:
     @property
     def num_train_batches(self) -> int | None:
         """Batches per training epoch, or None for a loader without a length."""
-        return _length(self.train_loader)
+        return length_or_none(self.train_loader)
 
     # ------------------------------------------------------------------------- override points
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any]:
@@ -769,19 +770,12 @@ def _check_loader(loader: Iterable[Any] | None, name: str) -> Iterable[Any] | No
     if not isinstance(loader, Iterable):
         raise TypeError(f"{name} must be an iterable of batches (a DataLoader), got "
                         f"{type(loader).__name__}.")
-    if _length(loader) == 0:
+    if length_or_none(loader) == 0:
         raise ValueError(
             f"{name} is empty (0 batches); check its data set is not empty and that "
             "batch_size with drop_last=True does not exceed the data set's length."
         )
     return loader
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 def _compile_options(compile: Any) -> dict[str, Any]:

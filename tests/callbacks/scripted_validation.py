@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import make_loader, make_mlp
+from conftest import make_trainer
 from torch import nn
 
 from trainer import Trainer
@@ -34,18 +34,7 @@ def scripted_trainer(
 ) -> ScriptedValidation:
     """A quiet run of as many epochs as the script has values."""
     model = overrides.pop("model", None)
-    model = model if model is not None else make_mlp()
-    options: dict[str, Any] = {
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
-        "loss_fn": nn.CrossEntropyLoss(),
-        "train_loader": make_loader(),
-        "val_loader": make_loader(n=16, seed=1),
-        "max_epochs": len(next(iter(script.values()))),
-        "run_dir": run_dir,
-        "progress_bar": False,
-        "logger": False,
-        "checkpoint": False,
-        "device": "cpu",
-    }
-    options.update(overrides)
-    return ScriptedValidation(model, script=script, **options)
+    overrides.setdefault("max_epochs", len(next(iter(script.values()))))
+    return make_trainer(
+        run_dir, model, trainer_class=ScriptedValidation, script=script, **overrides
+    )

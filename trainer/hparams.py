@@ -3,16 +3,20 @@
 `Trainer(hparams=...)` takes any mapping (the command line passes the resolved config). Without
 one, the trainer records its own plain-valued options and the class names of its objects, so
 every run has something to compare in TensorBoard's HParams tab. Dashboards want flat names
-with scalar values, so nested configs become dotted names (`optimizer.lr`) and lists become text.
+with scalar values, so nested configs become dotted names (`optimizer.lr`) and lists become text;
+people want the nested form, so `to_yaml` writes it as YAML without a YAML library's import.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["default_hparams", "flatten_hparams", "plain_hparams"]
+__all__ = ["default_hparams", "flatten_hparams", "plain_hparams", "to_yaml"]
 
 # Constructor options that are plumbing, not choices that change the result.
 _NOT_HYPERPARAMETERS = frozenset(
@@ -20,6 +24,11 @@ _NOT_HYPERPARAMETERS = frozenset(
      "progress_bar", "logger", "checkpoint", "hparams", "device", "log_every_n_steps"}
 )  # fmt: skip
 _OBJECTS = ("optimizer", "loss_fn", "scheduler")
+# Strings YAML reads as they are: a letter or `_` first, then word characters and a few marks
+# that start nothing in YAML, no colon, no `#`, no space at either end.
+_PLAIN_STRING = re.compile(r"[^\W\d][\w.+/()@-]*(?: [\w.+/()@-]+)*")
+# Words YAML 1.1 (PyYAML, OmegaConf) reads as booleans or null.
+_YAML_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null"})
 
 
 def default_hparams(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,3 +101,59 @@ def _name_of(value: Any) -> str:
     if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
         return value.__qualname__
     return type(value).__name__
+
+
+def to_yaml(hparams: Mapping[str, Any]) -> str:
+    """The hyperparameters as block-style YAML, for people to read (the config text).
+
+    Objects become their names (`plain_hparams`). A string is quoted, JSON style, only where
+    YAML would read it as something else (`"yes"`, `"1e-3"`, `"a: b"`, `""`), so a YAML parser
+    gives back the plain hyperparameters.
+    """
+    return "\n".join(_yaml_lines(plain_hparams(hparams), "")) + "\n"
+
+
+def _yaml_lines(value: Any, indent: str) -> list[str]:
+    """`value` (a mapping, a list or a scalar) as lines of YAML at `indent`."""
+    if isinstance(value, Mapping) and value:
+        lines = []
+        for name, item in value.items():
+            key = f"{indent}{_yaml_scalar(str(name))}:"
+            if isinstance(item, (Mapping, list)) and item:
+                lines += [key, *_yaml_lines(item, indent + "  ")]
+            else:
+                lines.append(f"{key} {_yaml_scalar(item)}")
+        return lines
+    if isinstance(value, list) and value:
+        lines = []
+        for item in value:
+            if isinstance(item, (Mapping, list)) and item:
+                first, *rest = _yaml_lines(item, indent + "  ")
+                lines += [f"{indent}- {first.lstrip()}", *rest]
+            else:
+                lines.append(f"{indent}- {_yaml_scalar(item)}")
+        return lines
+    return [f"{indent}{_yaml_scalar(value)}"]
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One value as YAML reads it back: null, true/false, a number, a string or `{}`/`[]`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+        text = repr(value)
+        # YAML 1.1 reads `1e-05` as text: its floats need a dot, as in `1.0e-05`.
+        return text if "." in text else text.replace("e", ".0e", 1)
+    if isinstance(value, Mapping):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    if _PLAIN_STRING.fullmatch(value) and value.lower() not in _YAML_WORDS:
+        return value
+    return json.dumps(value, ensure_ascii=False)

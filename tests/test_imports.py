@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 OPTIONAL = ("tensorboard", "omegaconf", "safetensors", "torchvision", "sklearn", "matplotlib")
 
@@ -17,3 +18,31 @@ def test_import_trainer_loads_no_optional_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_default_fit_loads_neither_tensorboard_protobuf_nor_omegaconf(tmp_path: Path) -> None:
+    """The default logger encodes its event files itself; its YAML text needs no parser."""
+    code = """
+import sys, torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from trainer import Trainer
+
+data = TensorDataset(torch.randn(32, 8), torch.randint(0, 3, (32,)))
+model = nn.Linear(8, 3)
+trainer = Trainer(
+    model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=nn.CrossEntropyLoss(),
+    train_loader=DataLoader(data, batch_size=8), val_loader=DataLoader(data, batch_size=8),
+    max_epochs=2, log_every_n_steps=2, run_dir=sys.argv[1],
+)
+trainer.fit()
+print([m for m in ("tensorboard", "google.protobuf", "omegaconf", "yaml") if m in sys.modules])
+"""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    written = {path.name.split(".")[0] for path in run_dir.rglob("*") if path.is_file()}
+    assert {"events", "metrics"} <= written, written

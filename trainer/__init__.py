@@ -1,7 +1,7 @@
 """trainer: a small, fast PyTorch Trainer whose runs are never lost.
 
-Only the public names live here; optional libraries (tqdm, tensorboard, the config
-parser, torchvision) are imported where first needed, so `import trainer` stays fast.
+Only the public names live here; optional libraries (tqdm, the config parser, safetensors,
+torchvision) are imported where first needed, so `import trainer` stays fast.
 """
 
 from trainer.callbacks import (

@@ -3,8 +3,9 @@
 Scalars carry the metric names themselves (`train/loss`, `val/acc`, `lr`, ...) against the
 optimizer step. A fresh run also records its hyperparameters for the HParams tab, its config as
 text, and a Custom Scalars layout that puts training and validation loss on one chart, so
-overfitting shows at a glance. tensorboard is imported only when a run starts, and only the
-global-zero process writes.
+overfitting shows at a glance. Events go through `trainer.event_file`, which encodes them
+itself: a run imports neither tensorboard, protobuf nor a YAML library. Only the global-zero
+process writes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
-from trainer.hparams import flatten_hparams, plain_hparams
+from trainer.event_file import EventFileWriter
+from trainer.hparams import flatten_hparams, to_yaml
 
 if TYPE_CHECKING:
     import torch
@@ -60,20 +62,18 @@ class TensorBoardLogger(Callback):
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.log_hparams = log_hparams
         self.histogram_every_n_epochs = histogram_every_n_epochs
-        self._writer: Any = None
+        self._writer: EventFileWriter | None = None
         self._epoch_length: int | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Open the writer; on resume, drop points a killed run wrote after its checkpoint."""
         if not trainer.is_global_zero:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         self.log_dir = self.log_dir or trainer.run_dir
         purge_step = trainer.global_step + 1 if trainer.global_step else None
-        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        self._writer = EventFileWriter(self.log_dir, purge_step=purge_step)
         if trainer.global_step == 0:  # a resumed run has these from its start
-            self._write_run_description(trainer)
+            self._write_run_description(trainer, self._writer)
 
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         """Note the epoch's length, to find its last optimizer step for gradient histograms."""
@@ -84,7 +84,7 @@ class TensorBoardLogger(Callback):
         self, trainer: Trainer, optimizer: torch.optim.Optimizer
     ) -> None:
         """Write gradient histograms at the last step of a histogram epoch."""
-        if not self._is_histogram_epoch(trainer):
+        if self._writer is None or not self._is_histogram_epoch(trainer):
             return
         done = trainer.state.batches_in_epoch
         is_last = done == self._epoch_length
@@ -121,7 +121,7 @@ class TensorBoardLogger(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         """Mark the HParams session finished and close the event file."""
         if self._writer is not None and self.log_hparams:
-            self._writer.file_writer.add_summary(_session_end(), global_step=trainer.global_step)
+            self._writer.add_hparams_session_end(global_step=trainer.global_step)
         self._close()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
@@ -132,18 +132,14 @@ class TensorBoardLogger(Callback):
         every = self.histogram_every_n_epochs
         return self._writer is not None and every is not None and (trainer.epoch + 1) % every == 0
 
-    def _write_run_description(self, trainer: Trainer) -> None:
+    def _write_run_description(self, trainer: Trainer, writer: EventFileWriter) -> None:
         """Hyperparameters, config text and the chart layout, at step 0 of a fresh run."""
         if self.log_hparams and trainer.hparams:
-            from tensorboard.plugins.hparams import summary_v2
-
-            flat = flatten_hparams(trainer.hparams)
-            self._writer.file_writer.add_summary(
-                summary_v2.hparams_pb(flat, start_time_secs=time.time()), global_step=0
+            writer.add_hparams_session_start(
+                flatten_hparams(trainer.hparams), start_time_secs=time.time(), global_step=0
             )
-            self._writer.add_text("config", _as_markdown_yaml(trainer.hparams), global_step=0)
-        self._writer.add_custom_scalars(_layout(trainer))
-        self._writer.flush()
+            writer.add_text("config", _as_markdown_yaml(trainer.hparams), global_step=0)
+        writer.add_custom_scalars(_layout(trainer), global_step=0)
 
     def _close(self) -> None:
         if self._writer is not None:
@@ -172,26 +168,6 @@ def _layout(trainer: Trainer) -> dict[str, dict[str, list[Any]]]:
     }
 
 
-def _session_end() -> Any:
-    """The HParams plugin's record that the session ended well (its API needs TensorFlow)."""
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
-    summary = summary_pb2.Summary()
-    summary.value.add(
-        tag=metadata.SESSION_END_INFO_TAG,
-        metadata=metadata.create_summary_metadata(
-            plugin_data_pb2.HParamsPluginData(session_end_info=end)
-        ),
-        tensor=metadata.NULL_TENSOR,
-    )
-    return summary
-
-
 def _as_markdown_yaml(hparams: dict[str, Any]) -> str:
     """The hyperparameters as YAML, indented so TensorBoard's markdown shows it verbatim."""
-    from omegaconf import OmegaConf
-
-    text = OmegaConf.to_yaml(OmegaConf.create(plain_hparams(hparams)))
-    return "\n".join(f"    {line}" for line in text.splitlines())
+    return "\n".join(f"    {line}" for line in to_yaml(hparams).splitlines())

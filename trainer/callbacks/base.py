@@ -1,8 +1,9 @@
 """`Callback`, the hook vocabulary, and `CallbackList`, which dispatches it.
 
-`CallbackList` works out once per run which callbacks override which hook, so a hook that
-nobody overrides costs one dictionary lookup and a callback that overrides nothing costs
-nothing at all.
+`CallbackList` works out once per run which callbacks use which hook, so a hook that nobody
+uses costs one dictionary lookup and a callback that uses nothing costs nothing at all. A
+callback uses the hooks it overrides, minus those its `uses_hook` declines for its settings
+(a checkpoint callback without step saves has nothing to do after each batch).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class Callback:
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """When `fit` is ending because of an exception, before it propagates."""
 
+    def uses_hook(self, hook: str) -> bool:
+        """Whether `hook` should be called: by default, whether this class overrides it.
+
+        Asked once, when the trainer is built. Override it to decline a hook that this
+        instance's settings leave with nothing to do, so the loop never calls it per step.
+        """
+        return getattr(type(self), hook) is not getattr(Callback, hook)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data to save in checkpoints; stateless callbacks return {}."""
         return {}
@@ -86,7 +95,7 @@ HOOKS: tuple[str, ...] = tuple(name for name in vars(Callback) if name.startswit
 
 
 class CallbackList:
-    """The run's callbacks in call order, with each hook's overriding callbacks precomputed."""
+    """The run's callbacks in call order, with the callbacks using each hook precomputed."""
 
     def __init__(self, callbacks: list[Callback]) -> None:
         for callback in callbacks:
@@ -97,11 +106,11 @@ class CallbackList:
                 )
         self.callbacks = list(callbacks)
         self._by_hook: dict[str, tuple[Callback, ...]] = {
-            hook: tuple(cb for cb in callbacks if _overrides(cb, hook)) for hook in HOOKS
+            hook: tuple(cb for cb in callbacks if cb.uses_hook(hook)) for hook in HOOKS
         }
 
     def call(self, hook: str, trainer: Trainer, *args: Any) -> None:
-        """Call `hook` on every callback that overrides it, naming the culprit on error."""
+        """Call `hook` on every callback that uses it, naming the culprit on error."""
         for callback in self._by_hook[hook]:
             try:
                 getattr(callback, hook)(trainer, *args)
@@ -136,7 +145,3 @@ class CallbackList:
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)
-
-
-def _overrides(callback: Callback, hook: str) -> bool:
-    return getattr(type(callback), hook) is not getattr(Callback, hook)

@@ -72,6 +72,16 @@ class ModelCheckpoint(Callback):
         self.last_model_path = ""
         self._saved_step = 0
 
+    def uses_hook(self, hook: str) -> bool:
+        """Skip the per-batch hook when no step saves are asked for (the usual case)."""
+        is_own_batch_hook = (
+            hook == "on_train_batch_end"
+            and type(self).on_train_batch_end is ModelCheckpoint.on_train_batch_end
+        )
+        if is_own_batch_hook and not self.every_n_steps:
+            return False
+        return super().uses_hook(hook)
+
     def on_fit_start(self, trainer: Trainer) -> None:
         """Default the folder to the run's `checkpoints/`."""
         self.dirpath = self.dirpath or trainer.checkpoint_dir

@@ -43,6 +43,12 @@ class ProgressBar(Callback):
     def _is_interactive(self) -> bool:
         return self.force or sys.stderr.isatty() or _in_notebook()
 
+    def uses_hook(self, hook: str) -> bool:
+        """Without a terminal only the epoch lines are printed: the bar's hooks stay silent."""
+        if hook in _BAR_HOOKS and getattr(type(self), hook) is getattr(ProgressBar, hook):
+            return self._is_interactive()
+        return super().uses_hook(hook)
+
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         """Open this epoch's bar."""
         self._epoch_start = self._last_draw = time.monotonic()
@@ -110,6 +116,7 @@ class ProgressBar(Callback):
             self._bar = None
 
 
+_BAR_HOOKS = ("on_train_batch_end", "on_validation_start", "on_exception")
 _BAR_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| "
     "{n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"

@@ -10,7 +10,7 @@ from typing import Any
 from conftest import make_trainer
 
 from trainer import Trainer
-from trainer.callbacks import Callback, ModelCheckpoint, ProgressBar
+from trainer.callbacks import Callback, ModelCheckpoint, ProgressBar, TensorBoardLogger
 from trainer.callbacks.base import HOOKS
 
 
@@ -60,13 +60,12 @@ def per_step_calls(trainer: Trainer) -> list[str]:
     return called
 
 
-def test_default_checkpoint_and_bar_without_a_terminal_cost_nothing_per_step(
-    run_dir: Path,
-) -> None:
+def test_default_callbacks_without_a_terminal_cost_nothing_per_step(run_dir: Path) -> None:
     assert not sys.stderr.isatty()
-    trainer = make_trainer(run_dir, progress_bar=True, checkpoint=True)
+    trainer = make_trainer(run_dir, progress_bar=True, logger=True, checkpoint=True)
     assert per_step_calls(trainer) == []
     assert list((run_dir / "checkpoints").glob("last-*.ckpt"))
+    assert list(run_dir.glob("events.out.tfevents.*"))
 
 
 def test_callbacks_that_need_per_step_hooks_still_get_them(run_dir: Path) -> None:
@@ -81,11 +80,17 @@ def test_callbacks_that_need_per_step_hooks_still_get_them(run_dir: Path) -> Non
     counting = CountingCheckpoint()
     trainer = make_trainer(
         run_dir,
-        callbacks=[ProgressBar(force=True), ModelCheckpoint(every_n_steps=3), counting],
+        callbacks=[
+            ProgressBar(force=True),
+            ModelCheckpoint(every_n_steps=3),
+            TensorBoardLogger(histogram_every_n_epochs=1),
+            counting,
+        ],
     )
     called = per_step_calls(trainer)
     batches = trainer.global_step  # no accumulation: a step per batch
     assert called.count("trainer.callbacks.progress.on_train_batch_end") == batches
     assert called.count("trainer.callbacks.model_checkpoint.on_train_batch_end") == batches
+    assert called.count("trainer.callbacks.tensorboard.on_before_optimizer_step") == batches
     assert counting.batches == batches
     assert (run_dir / "checkpoints" / "last-epoch=1-step=9.ckpt").exists()

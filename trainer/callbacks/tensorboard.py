@@ -65,6 +65,14 @@ class TensorBoardLogger(Callback):
         self._writer: EventFileWriter | None = None
         self._epoch_length: int | None = None
 
+    def uses_hook(self, hook: str) -> bool:
+        """Without histograms, the per-step and epoch-start hooks have nothing to do."""
+        is_histogram_hook = hook in ("on_train_epoch_start", "on_before_optimizer_step")
+        is_own = getattr(type(self), hook) is getattr(TensorBoardLogger, hook)
+        if is_histogram_hook and is_own and self.histogram_every_n_epochs is None:
+            return False
+        return super().uses_hook(hook)
+
     def on_fit_start(self, trainer: Trainer) -> None:
         """Open the writer; on resume, drop points a killed run wrote after its checkpoint."""
         if not trainer.is_global_zero:

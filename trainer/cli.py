@@ -2,23 +2,23 @@
 
 argparse reads the subcommand and its few flags; every other argument is a config override
 (`--trainer.max_epochs 3`, `--trainer.max_epochs=3` or `trainer.max_epochs=3`) handed to
-`trainer.config`, which merges, checks and builds the objects. `trainer plot RUN_DIR` draws a
-finished run from its CSV and needs no config. A mistake in the input ends
-with one `error: ...` line on stderr and exit status 2, never a traceback.
+`trainer.config`, which merges, checks and builds the objects; `trainer.commands` runs the
+command. `trainer plot RUN_DIR` draws a finished run from its CSV and needs no config. A
+mistake in the input ends with one `error: ...` line on stderr and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from trainer import commands
 from trainer.callbacks.monitor import MissingMetricError
-from trainer.config import ConfigError, Job, build_job, config_to_yaml, load_config
+from trainer.config import ConfigError, build_job, config_to_yaml, load_config
 from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
@@ -158,7 +158,10 @@ def overrides_to_dotlist(args: Sequence[str]) -> list[str]:
 
 def _run(args: argparse.Namespace, extras: list[str]) -> int:
     if args.command == "plot":
-        return _plot(args, extras)
+        if extras:
+            raise ConfigError(f"trainer plot takes RUN_DIR and --output only; got {extras}.")
+        commands.plot(args.run_dir, args.output)
+        return 0
     if not args.config and not extras:
         raise ConfigError(
             f"no config given; pass --config FILE, e.g. "
@@ -174,7 +177,10 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
             f"--ckpt_path: no file {ckpt_path!r}; pass last, best or the path of a checkpoint."
         )
     if args.command == "lr-find":
-        _lr_find(build_job(config), args)
+        commands.lr_find(
+            build_job(config), ckpt_path, args.config,
+            min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps,
+        )
         return 0
     if ckpt_path is None and args.command != "fit":
         print(
@@ -182,130 +188,5 @@ def _run(args: argparse.Namespace, extras: list[str]) -> int:
             "Pass --ckpt_path last (or best, or a file) to use a trained run.",
             file=sys.stderr,
         )
-    _RUNNERS[args.command](build_job(config), ckpt_path)
+    commands.RUNNERS[args.command](build_job(config), ckpt_path)
     return 0
-
-
-def _loader(job: Job, method: str, command: str) -> Any:
-    """Call `data.<method>()`, or say plainly that the data object cannot serve `command`."""
-    make_loader = getattr(job.data, method, None)
-    if not callable(make_loader):
-        raise ConfigError(
-            f"data: {type(job.data).__name__} has no {method}() method, which `trainer "
-            f"{command}` needs; add one or choose a data class that has it."
-        )
-    return make_loader()
-
-
-def _fit(job: Job, ckpt_path: str | None) -> None:
-    loaders = {"train_loader": _loader(job, "train_loader", "fit")}
-    if callable(getattr(job.data, "val_loader", None)):
-        loaders["val_loader"] = job.data.val_loader()
-    # The resolved config is the run's hyperparameters, unless the config sets its own.
-    hparams = {} if "hparams" in job.trainer_kwargs else {"hparams": dict(job.config)}
-    trainer = job.make_trainer(**loaders, **hparams)
-    run_dir = Path(trainer.run_dir).resolve()
-    # The run folder records exactly what produced it, overrides included.
-    if trainer.is_global_zero:  # under torchrun, rank 0 writes and reports for all ranks
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
-    history = trainer.fit(ckpt_path=ckpt_path)
-    if not trainer.is_global_zero:
-        return
-    final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
-    print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
-    print(f"final metrics: {_format(final, ', ')}")
-    print(f"run files:     {run_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
-    print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
-    print(f"plot them:     trainer plot {shlex.quote(str(run_dir))}")
-
-
-def _validate(job: Job, ckpt_path: str | None) -> None:
-    trainer = job.make_trainer(val_loader=_loader(job, "val_loader", "validate"))
-    figures = trainer.validate(ckpt_path=ckpt_path)
-    if trainer.is_global_zero:
-        print(_format(figures, "\n"))
-
-
-def _test(job: Job, ckpt_path: str | None) -> None:
-    loader = _loader(job, "test_loader", "test")
-    trainer = job.make_trainer()
-    figures = trainer.test(loader, ckpt_path=ckpt_path)
-    if trainer.is_global_zero:
-        print(_format(figures, "\n"))
-
-
-def _predict(job: Job, ckpt_path: str | None) -> None:
-    import torch
-
-    from trainer.device import move_to_device
-
-    loader = _loader(job, "predict_loader", "predict")
-    trainer = job.make_trainer()
-    # On the CPU, the file opens on any machine, with or without the GPU it was made on.
-    predictions = move_to_device(trainer.predict(loader, ckpt_path=ckpt_path), torch.device("cpu"))
-    if not trainer.is_global_zero:  # every rank predicts the whole loader; one saves it
-        return
-    path = Path(trainer.run_dir).resolve() / "predictions.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(predictions, path)
-    print(f"predictions of {len(predictions)} batches saved to {path}")
-
-
-def _plot(args: argparse.Namespace, extras: list[str]) -> int:
-    from trainer.plot import PlotError, plot_run
-
-    if extras:
-        raise ConfigError(f"trainer plot takes RUN_DIR and --output only; got {extras}.")
-    try:
-        path = plot_run(args.run_dir, args.output)
-    except PlotError as error:
-        raise ConfigError(str(error)) from error
-    print(f"plot saved to {path}")
-    return 0
-
-
-def _lr_find(job: Job, args: argparse.Namespace) -> None:
-    from trainer.lr_finder import find_lr
-
-    trainer = job.make_trainer(train_loader=_loader(job, "train_loader", "lr-find"))
-    trainer._load_weights(args.ckpt_path)  # a checkpoint's weights, to fine-tune from
-    try:
-        result = find_lr(
-            trainer, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps
-        )
-    except ValueError as error:
-        raise ConfigError(f"lr-find: {error}") from error
-    run_dir = Path(trainer.run_dir).resolve()
-    files = [str(result.to_csv(run_dir / "lr_find.csv"))]
-    try:
-        files.insert(0, str(result.plot(run_dir / "lr_find.png")))
-    except ImportError as error:
-        print(f"note: no plot; {error}", file=sys.stderr)
-    ended = "the loss blew up" if len(result.lrs) < args.num_steps else "all steps done"
-    print(f"swept:         {len(result.lrs)} learning rates from {result.lrs[0]:.3g} to "
-          f"{result.lrs[-1]:.3g} ({ended}); model and optimizer restored afterwards")
-    print(f"loss vs lr:    {', '.join(files)}")
-    if result.suggestion is None:
-        print("suggested lr:  none, the loss never clearly fell; widen --min_lr/--max_lr "
-              "or raise --num_steps")
-        return
-    print(f"suggested lr:  {result.suggestion:.3g} (where the loss falls fastest)")
-    if job.config.get("optimizer"):
-        configs = " ".join(f"--config {shlex.quote(path)}" for path in args.config)
-        print(f"use it:        trainer fit {configs} --optimizer.lr {result.suggestion:.3g}")
-
-
-def _format(metrics: Mapping[str, Any], separator: str) -> str:
-    return separator.join(
-        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
-        for name, value in metrics.items()
-    )
-
-
-_RUNNERS: dict[str, Callable[[Job, str | None], None]] = {
-    "fit": _fit,
-    "validate": _validate,
-    "test": _test,
-    "predict": _predict,
-}

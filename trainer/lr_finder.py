@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from trainer.checkpoint import capture_rng_states, restore_rng_states
+from trainer.checks import as_step_outputs, split_optimization
 from trainer.device import batch_size_of, move_to_device
 
 if TYPE_CHECKING:
@@ -120,9 +121,7 @@ def find_lr(
     if trainer.train_loader is None:
         raise ValueError("find_lr needs a train_loader: pass train_loader=... to Trainer.")
     if trainer.optimizer is None:
-        from trainer.trainer import _split_optimization
-
-        trainer._set_optimization(*_split_optimization(trainer.configure_optimizers()))
+        trainer._set_optimization(*split_optimization(trainer.configure_optimizers()))
     saved = _Snapshot(trainer)
     try:
         lrs, raw_losses = _sweep(trainer, min_lr, max_lr, num_steps, smoothing, diverge_threshold)
@@ -180,8 +179,6 @@ def _sweep(
     diverge_threshold: float,
 ) -> tuple[list[float], list[float]]:
     """Train one batch per learning rate; stop when the smoothed loss has clearly blown up."""
-    from trainer.trainer import _as_step_outputs
-
     model, optimizer, precision = trainer.model, trainer.optimizer, trainer.precision
     if not model.training:
         model.train()
@@ -196,7 +193,7 @@ def _sweep(
         batch = move_to_device(batch, trainer.device)
         trainer.last_batch_size = batch_size_of(batch) or 1
         with precision.autocast():
-            loss = _as_step_outputs(trainer.training_step(batch, step))["loss"]
+            loss = as_step_outputs(trainer.training_step(batch, step))["loss"]
         precision.backward(loss)
         precision.unscale(optimizer)
         if trainer.gradient_clip_val is not None:

@@ -13,7 +13,14 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["MetricFn", "RunningMeans", "Throughput", "accuracy", "is_stateful_metric"]
+__all__ = [
+    "MetricFn",
+    "RunningMeans",
+    "Throughput",
+    "accuracy",
+    "is_stateful_metric",
+    "metrics_on_device",
+]
 
 
 class MetricFn(Protocol):
@@ -30,6 +37,14 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def is_stateful_metric(metric: object) -> bool:
     """True for `torchmetrics.Metric`-like objects that accumulate with update/compute/reset."""
     return all(callable(getattr(metric, verb, None)) for verb in ("update", "compute", "reset"))
+
+
+def metrics_on_device(metrics: Mapping[str, Any] | None, device: torch.device) -> dict[str, Any]:
+    """The `metrics` argument as a dict, its module metrics (torchmetrics) moved to `device`."""
+    return {
+        name: metric.to(device) if isinstance(metric, torch.nn.Module) else metric
+        for name, metric in dict(metrics or {}).items()
+    }
 
 
 class RunningMeans:

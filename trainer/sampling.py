@@ -35,6 +35,7 @@ __all__ = [
     "data_position",
     "length_or_none",
     "make_resumable",
+    "set_sampler_epoch",
     "shard_for_evaluation",
     "why_not_resumable",
 ]
@@ -257,6 +258,16 @@ def check_same_data(saved: dict[str, Any], loader: Iterable[Any] | None, source:
             "with the same data, batch size and number of ranks, or from a checkpoint saved "
             "at an epoch end (those resume on any number of ranks)."
         )
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
 
 
 def _ranks_sharing(loader: Any) -> int:

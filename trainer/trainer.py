@@ -5,16 +5,13 @@ default steps, and the training loop itself, in plain Python a reader follows to
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
-import sys
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,40 +19,44 @@ from torch import nn
 
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
+from trainer.callbacks.defaults import assemble_callbacks
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
-from trainer.checkpoint import (
-    CheckpointError,
-    capture_rng_states,
-    export_weights,
-    find_checkpoint,
-    last_checkpoint_name,
-    restore_rng_states,
-    rotate_last_checkpoints,
-    save_checkpoint,
+from trainer.checkpoint import CheckpointError, export_weights, find_checkpoint, save_checkpoint
+from trainer.checks import (
+    NanPolicy,
+    as_distributed,
+    as_eval_outputs,
+    as_step_outputs,
+    check_loader,
+    check_loop_arguments,
+    check_loss_fn,
+    compile_options,
+    inputs_and_targets,
+    is_finite_or_skipped,
+    non_finite_loss_message,
+    split_optimization,
 )
 from trainer.device import batch_size_of, batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
-from trainer.metrics import RunningMeans, Throughput, compute_metrics, is_stateful_metric
+from trainer.metrics import (
+    RunningMeans,
+    Throughput,
+    compute_metrics,
+    is_stateful_metric,
+    metrics_on_device,
+)
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
 from trainer.precision import Precision
-from trainer.preemption import PreemptionWatch, exit_code_for
-from trainer.sampling import (
-    ResumableSampler,
-    check_same_data,
-    data_position,
-    length_or_none,
-    why_not_resumable,
-)
+from trainer.preemption import PreemptionWatch, save_and_exit
+from trainer.resume import restore_run, resumed_batches, run_checkpoint, warn_if_inexact_mid_epoch
+from trainer.sampling import ResumableSampler, length_or_none, set_sampler_epoch
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
-
-NanPolicy = Literal["raise", "skip"]
-NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -139,34 +140,27 @@ class Trainer:
     ) -> None:
         # First, while the only locals are the arguments: they give the default hyperparameters.
         self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        _check_limits(max_epochs, max_steps)
-        _check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
-        _check_positive_int("log_every_n_steps", log_every_n_steps)
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy={nan_policy!r} is not supported; use 'raise' or 'skip'.")
+        check_loop_arguments(
+            model, max_epochs, max_steps, accumulate_grad_batches, log_every_n_steps,
+            gradient_clip_val, nan_policy,
+        )
         self.nan_policy = nan_policy
         if seed is not None:
             seed_everything(seed)
-        self.distributed = _as_distributed(strategy, nan_policy)
+        self.distributed = as_distributed(strategy, nan_policy)
         self.device = self.distributed.setup(device)  # joins the process group under torchrun
         self.precision = Precision(precision, self.device)
         self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
-        self.train_loader = _check_loader(train_loader, "train_loader")
+        self.train_loader = check_loader(train_loader, "train_loader")
         self.val_loader = self.distributed.shard_for_evaluation(val_loader)
-        self.metric_fns = {
-            name: _to_device(fn, self.device) for name, fn in dict(metrics or {}).items()
-        }
+        self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps, self.log_grad_norm = log_every_n_steps, log_grad_norm
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
-        self._check_default_steps_have_loss()
+        check_loss_fn(loss_fn, self._uses_default_steps())
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._scheduler_arg = scheduler
@@ -175,9 +169,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
         self.state = TrainState()
         self.callbacks = CallbackList(
-            _assemble_callbacks(
-                list(callbacks or []), progress_bar, logger, checkpoint, self.is_global_zero
-            )
+            assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
         self.last_batch_size = 0
         self._phase: str | None = None
@@ -237,12 +229,12 @@ class Trainer:
     # ------------------------------------------------------------------------- override points
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any]:
         """Compute the loss of one batch of `(inputs, targets)`; override for other batches."""
-        inputs, targets = _unpack(batch, "training_step")
+        inputs, targets = inputs_and_targets(batch, "training_step")
         return self.loss_fn(self.model(inputs), targets)
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any]:
         """Return the loss and every `metrics` entry for one batch of `(inputs, targets)`."""
-        inputs, targets = _unpack(batch, "validation_step")
+        inputs, targets = inputs_and_targets(batch, "validation_step")
         outputs = self.model(inputs)
         return {"loss": self.loss_fn(outputs, targets)} | compute_metrics(
             self.metric_fns, outputs, targets
@@ -291,14 +283,17 @@ class Trainer:
         if self.train_loader is None:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")
         if self.optimizer is None:
-            self._set_optimization(*_split_optimization(self.configure_optimizers()))
+            self._set_optimization(*split_optimization(self.configure_optimizers()))
         self.state.should_stop = False
         self.train_loader, self._sampler = self.distributed.shard_training_loader(
             self.train_loader, pin_memory=self.device.type == "cuda"
         )
         self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
         if ckpt_path is not None:
-            self._resume(ckpt_path)
+            checkpoint = restore_run(self, ckpt_path)
+            if checkpoint is not None:
+                self._resume_point = checkpoint
+                self.callbacks.call("on_load_checkpoint", self, checkpoint)
         history: list[dict[str, float]] = []
         with _kept_module_modes(self.model), self._preemption:
             if not self.model.training:
@@ -363,7 +358,7 @@ class Trainer:
                 is_exhausted = self.state.batches_in_epoch == self._epoch_length
                 break
             if signum:
-                self._save_and_exit(signum)
+                save_and_exit(self, signum)
         if is_exhausted:
             self._finish_epoch(first)
         return self._end_train_epoch()
@@ -371,22 +366,14 @@ class Trainer:
     def _epoch_batches(self, first: int) -> Iterator[Any]:
         """This epoch's batches; a resumed epoch starts at `first` without loading earlier ones."""
         resume, self._resume_point = self._resume_point, None
-        _set_sampler_epoch(self.train_loader, self.state.epoch)
+        set_sampler_epoch(self.train_loader, self.state.epoch)
         if not first or resume is None:
             self._epoch_start_rng = torch.get_rng_state()
             return iter(self.train_loader)
         if self._sampler is None:  # warned about when the checkpoint was saved
             return islice(iter(self.train_loader), first, None)
-        # Start the iterator from the epoch's own random state (its worker seeds come from
-        # there), have the sampler skip the consumed indices, then continue from the
-        # checkpoint's random state.
-        data = resume["data"]
-        self._epoch_start_rng = data["epoch_start_rng"]
-        torch.set_rng_state(self._epoch_start_rng)
-        self._sampler.resume_at(data["epoch_order"], first * data["batch_size"])
-        batches = iter(self.train_loader)
-        restore_rng_states(resume["rng"])
-        return batches
+        self._epoch_start_rng = resume["data"]["epoch_start_rng"]
+        return resumed_batches(self.train_loader, self._sampler, resume, first)
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         scale = self.accumulate_grad_batches
@@ -395,10 +382,10 @@ class Trainer:
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
         with self.distributed.no_sync(is_boundary):
             with self.precision.autocast():
-                outputs = _as_step_outputs(self._training_step(batch, batch_idx))
+                outputs = as_step_outputs(self._training_step(batch, batch_idx))
             loss = outputs["loss"]
             # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
-            is_used = self.nan_policy != "skip" or self._is_finite_or_skipped(loss)
+            is_used = self.nan_policy != "skip" or is_finite_or_skipped(loss, self.state)
             if is_used:
                 self.precision.backward(loss / scale if scale > 1 else loss)
             else:  # other ranks still expect this one in the gradient all-reduce
@@ -468,8 +455,7 @@ class Trainer:
             for name, value in record.items()
             if name not in train_figures and not (just_logged and name in rates)
         }
-        if self.is_global_zero:
-            self.callbacks.call("on_log", self, epoch_figures, self.state.global_step)
+        self._send_to_loggers(epoch_figures)
         self.callbacks.call("on_train_epoch_end", self)
         self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
         if self._epoch_done:
@@ -500,11 +486,12 @@ class Trainer:
                 self._phase = stage
                 with self.precision.autocast():
                     outputs = step[stage](batch, batch_idx)
-                self._phase = None
                 if stage == "predict":
                     predictions.append(outputs)
                 else:
-                    self._log_eval_outputs(outputs, stage)
+                    for name, value in as_eval_outputs(outputs, stage).items():
+                        self.log(f"{stage}/{name}", value)
+                self._phase = None
         if stage == "predict":
             return predictions
         figures = self.distributed.reduce_means(self._eval_means)
@@ -513,21 +500,6 @@ class Trainer:
                 figures[f"{stage}/{name}"] = float(metric.compute())
                 metric.reset()
         return figures
-
-    def _log_eval_outputs(self, outputs: Any, stage: str) -> None:
-        if outputs is None:
-            return
-        if isinstance(outputs, torch.Tensor):
-            outputs = {"loss": outputs}
-        if not isinstance(outputs, Mapping):
-            raise TypeError(
-                f"{stage}_step must return a loss tensor, a dict of scalar tensors or None, "
-                f"got {type(outputs).__name__}."
-            )
-        self._phase = stage
-        for name, value in outputs.items():
-            self.log(f"{stage}/{name}", value)
-        self._phase = None
 
     # ----------------------------------------------------------------------- figures and limits
     def _log_step_figures(self) -> None:
@@ -538,6 +510,10 @@ class Trainer:
         figures |= learning_rates(self.optimizer)
         self.state.metrics.update(figures)
         self._last_logged_step = self.state.global_step
+        self._send_to_loggers(figures)
+
+    def _send_to_loggers(self, figures: dict[str, float]) -> None:
+        """`on_log`, on rank 0 only: one process writes what all of them do."""
         if self.is_global_zero:
             self.callbacks.call("on_log", self, figures, self.state.global_step)
 
@@ -546,27 +522,7 @@ class Trainer:
         if loss is None or math.isfinite(loss) or self.nan_policy != "raise":
             self._last_finite_step = self.state.global_step
             return
-        raise NonFiniteLossError(
-            f"the training loss is {loss} at optimizer step {self.state.global_step} (epoch "
-            f"{self.state.epoch}); it was finite up to step {self._last_finite_step}. Look at the "
-            "learning rate (too high diverges), the data (NaN or inf inputs?) and the loss "
-            "(log of 0, division by 0). log_every_n_steps=1 finds the exact step; "
-            "nan_policy='skip' skips such batches. Checkpoints saved so far are intact."
-        )
-
-    def _is_finite_or_skipped(self, loss: torch.Tensor) -> bool:
-        loss = loss.detach()
-        if bool(torch.isfinite(loss)):
-            return True
-        if not self.state.skipped_batches:
-            warnings.warn(
-                f"skipping a batch with a non-finite loss ({loss.item()}) at optimizer step "
-                f"{self.state.global_step} (nan_policy='skip'); trainer.state.skipped_batches "
-                "counts them.",
-                stacklevel=2,
-            )
-        self.state.skipped_batches += 1
-        return False
+        raise NonFiniteLossError(non_finite_loss_message(loss, self.state, self._last_finite_step))
 
     def _step_scheduler_on_epoch(self) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":
@@ -613,24 +569,9 @@ class Trainer:
         state = self.state.state_dict()
         if self._epoch_done:  # saved at an epoch's end: resume at the next epoch's start
             state |= {"epoch": self.state.epoch + 1, "batches_in_epoch": 0}
-        elif state["batches_in_epoch"]:
-            self._warn_if_inexact_mid_epoch()
-        rng = capture_rng_states()
-        ranks = self.distributed.gather({"rng": rng, "epoch_start_rng": self._epoch_start_rng})
-        optimizer = self.optimizer
-        checkpoint: dict[str, Any] = {
-            "model": self.distributed.model_state_dict(self.model),
-            "optimizer": self.distributed.optimizer_state_dict(self.model, optimizer)
-            if optimizer
-            else {},
-            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
-            "precision": self.precision.state_dict(),
-            "state": state,
-            # Ranks 1.. keep their own random streams (dropout, workers) for an exact resume.
-            "rng": rng | {"other_ranks": ranks[1:]},
-            "data": data_position(self.train_loader, self._sampler, self._epoch_start_rng),
-            "callbacks": self.callbacks.state_dicts(),
-        }
+        elif state["batches_in_epoch"] and not self._warned_inexact:
+            self._warned_inexact = warn_if_inexact_mid_epoch(self.train_loader)
+        checkpoint = run_checkpoint(self, state, self._sampler, self._epoch_start_rng)
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns only once the file is complete.
         self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path)
@@ -645,65 +586,6 @@ class Trainer:
         self.distributed.run_on_zero("export weights", export_weights, weights, path)
         return Path(path)
 
-    def _save_and_exit(self, signum: int) -> None:
-        """Preemption: save the last state at this step boundary, then exit with 128 + signum."""
-        path = self.save_checkpoint(
-            self.checkpoint_dir / last_checkpoint_name(self.state.epoch, self.state.global_step)
-        )
-        keep = max(
-            (
-                callback.keep_last
-                for callback in self.callbacks
-                if isinstance(callback, ModelCheckpoint) and callback.dirpath == self.checkpoint_dir
-            ),
-            default=2,
-        )
-        self.distributed.run_on_zero(
-            "remove old checkpoints", rotate_last_checkpoints, self.checkpoint_dir, keep
-        )
-        if self.is_global_zero:
-            print(
-                f"Received signal {signum}: saved {path} at optimizer step "
-                f"{self.state.global_step}. Resume with fit(ckpt_path='last') or "
-                "trainer fit ... --ckpt_path last.",
-                file=sys.stderr,
-            )
-        raise SystemExit(exit_code_for(signum))
-
-    def _warn_if_inexact_mid_epoch(self) -> None:
-        reason = why_not_resumable(self.train_loader)
-        if reason is None or self._warned_inexact:
-            return
-        self._warned_inexact = True
-        warnings.warn(
-            f"this checkpoint is saved mid-epoch, but the train_loader cannot resume there "
-            f"exactly: {reason}. A resumed run will draw and discard the consumed batches, and "
-            "their order may differ. Use a torch DataLoader (shuffle=True or False) for exact "
-            "resume, or save only at epoch ends.",
-            stacklevel=3,
-        )
-
-    def _resume(self, ckpt_path: str | Path) -> None:
-        found = find_checkpoint(ckpt_path, self.checkpoint_dir)
-        if found is None:
-            if self.is_global_zero:
-                print(f"No checkpoint in {self.checkpoint_dir} yet; starting from scratch.")
-            return
-        path, checkpoint = found
-        self.distributed.load_model_state(self.model, checkpoint["model"], path)
-        if checkpoint["state"]["batches_in_epoch"]:
-            check_same_data(checkpoint["data"], self.train_loader, path)
-        _take_own_random_states(checkpoint, self.distributed.rank)
-        self.distributed.load_optimizer_state(self.model, self.optimizer, checkpoint["optimizer"])
-        if self.scheduler is not None and checkpoint["scheduler"]:
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.precision.load_state_dict(checkpoint["precision"])
-        self.state.load_state_dict(checkpoint["state"])
-        self.callbacks.load_state_dicts(checkpoint["callbacks"])
-        restore_rng_states(checkpoint["rng"])
-        self._resume_point = checkpoint
-        self.callbacks.call("on_load_checkpoint", self, checkpoint)
-
     def _load_weights(self, ckpt_path: str | Path | None) -> None:
         if ckpt_path is None:
             return
@@ -717,7 +599,7 @@ class Trainer:
         """Move, compile, shard (FSDP) or wrap the step (DDP): the model as it will train."""
         model = self.precision.convert_module(model.to(self.device))
         if compile is not False:  # in place: state_dict names stay those of the plain model
-            model.compile(**_compile_options(compile))
+            model.compile(**compile_options(compile))
         self.distributed.prepare_model(model)
         self._training_step = self.distributed.wrap_step(model, self.training_step)
         return model
@@ -731,16 +613,11 @@ class Trainer:
             self.scheduler_interval,
         )
 
-    def _check_default_steps_have_loss(self) -> None:
-        uses_default = type(self).training_step is Trainer.training_step or (
+    def _uses_default_steps(self) -> bool:
+        """True when a default step will run: it calls `loss_fn`."""
+        return type(self).training_step is Trainer.training_step or (
             self.val_loader is not None and type(self).validation_step is Trainer.validation_step
         )
-        if self.loss_fn is None and uses_default:
-            raise ValueError(
-                "loss_fn is missing: the default training_step / validation_step call "
-                "loss_fn(outputs, targets). Pass loss_fn=nn.CrossEntropyLoss() (or similar), "
-                "or override training_step and validation_step in a subclass."
-            )
 
 
 def seed_everything(seed: int) -> None:
@@ -751,176 +628,8 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------- private helpers
-def _check_limits(max_epochs: int | None, max_steps: int | None) -> None:
-    if max_epochs is None and max_steps is None:
-        raise ValueError("set max_epochs or max_steps (or both) so the run knows when to stop.")
-    for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
-        if value is not None:
-            _check_positive_int(name, value)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_loader(loader: Iterable[Any] | None, name: str) -> Iterable[Any] | None:
-    if loader is None:
-        return None
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{name} must be an iterable of batches (a DataLoader), got "
-                        f"{type(loader).__name__}.")
-    if length_or_none(loader) == 0:
-        raise ValueError(
-            f"{name} is empty (0 batches); check its data set is not empty and that "
-            "batch_size with drop_last=True does not exceed the data set's length."
-        )
-    return loader
-
-
-def _compile_options(compile: Any) -> dict[str, Any]:
-    if compile is True or isinstance(compile, dict):
-        return compile if isinstance(compile, dict) else {}
-    raise TypeError(
-        f"compile must be True, False or a dict of torch.compile options such as "
-        f"{{'mode': 'max-autotune'}}, got {type(compile).__name__} {compile!r}."
-    )
-
-
 def _default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _to_device(metric: Any, device: torch.device) -> Any:
-    return metric.to(device) if isinstance(metric, nn.Module) else metric
-
-
-def _assemble_callbacks(
-    callbacks: list[Callback],
-    progress_bar: Any,
-    logger: Any,
-    checkpoint: Any,
-    is_global_zero: bool = True,
-) -> list[Callback]:
-    """Defaults first, then the user's; callbacks that save checkpoints go last so they
-    capture every other callback's state for the step.
-
-    `logger` stands for two defaults, TensorBoard and CSV; an instance of one replaces that
-    one, and an instance in `callbacks` replaces the default of its class. Only rank 0 gets
-    the default progress bar and loggers: one process shows and writes what all of them do."""
-    defaults: list[Callback] = []
-    for name, wanted, kinds in (
-        ("progress_bar", progress_bar, (ProgressBar,)),
-        ("logger", logger, (TensorBoardLogger, CSVLogger)),
-        ("checkpoint", checkpoint, (ModelCheckpoint,)),
-    ):
-        if not isinstance(wanted, (bool, *kinds)):
-            choices = " or ".join(kind.__name__ for kind in kinds)
-            raise TypeError(
-                f"{name} must be True, False or a {choices}, got {type(wanted).__name__}."
-            )
-        for kind in kinds:
-            if isinstance(wanted, kind):
-                defaults.append(wanted)
-            elif wanted is not False and not any(isinstance(cb, kind) for cb in callbacks):
-                if is_global_zero or kind is ModelCheckpoint:
-                    defaults.append(kind())
-    ordered = defaults + callbacks
-    return sorted(ordered, key=lambda callback: isinstance(callback, ModelCheckpoint))
-
-
-def _as_distributed(strategy: str | Distributed, nan_policy: str) -> Distributed:
-    if isinstance(strategy, str):
-        strategy = Distributed(strategy)
-    elif isinstance(strategy, Distributed):
-        strategy = copy.copy(strategy)  # its own wrapped model: one object may serve two runs
-    else:
-        raise TypeError(
-            f"strategy must be 'auto', 'ddp', 'fsdp' or a trainer.distributed.Distributed, "
-            f"got {type(strategy).__name__}."
-        )
-    if strategy.strategy == "fsdp" and nan_policy == "skip":
-        raise ValueError(
-            "nan_policy='skip' does not work with strategy='fsdp': a rank that leaves its batch "
-            "out cannot take part in FSDP's gradient reduce-scatter. Use nan_policy='raise', "
-            "or strategy='ddp'."
-        )
-    return strategy
-
-
-def _set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
-    for sampler in (
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ):
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
-
-
-def _take_own_random_states(checkpoint: dict[str, Any], rank: int) -> None:
-    """Rank r > 0 resumes from its own saved random states (when the run had that rank)."""
-    others = checkpoint["rng"].get("other_ranks") or []
-    if 0 < rank <= len(others):
-        checkpoint["rng"] = others[rank - 1]["rng"]
-        checkpoint["data"]["epoch_start_rng"] = others[rank - 1]["epoch_start_rng"]
-
-
-def _split_optimization(configured: Any) -> tuple[Any, Any]:
-    if isinstance(configured, (tuple, list)):
-        if len(configured) != 2:
-            raise ValueError(
-                "configure_optimizers must return an optimizer or (optimizer, scheduler)."
-            )
-        return configured[0], configured[1]
-    return configured, None
-
-
-def _unpack(batch: Any, step_name: str) -> tuple[Any, Any]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    shape = f"a {type(batch).__name__}"
-    if isinstance(batch, (tuple, list)):
-        shape += f" of {len(batch)} items"
-    raise TypeError(
-        f"the default {step_name} expects each batch to be (inputs, targets), got {shape}. "
-        f"Override {step_name}(self, batch, batch_idx) in a Trainer subclass to unpack your "
-        "batches and return the loss."
-    )
-
-
-def _as_step_outputs(outputs: Any) -> dict[str, Any]:
-    """Check a training step's result and return it as a dict holding `"loss"`."""
-    if isinstance(outputs, torch.Tensor):
-        outputs = {"loss": outputs}
-    elif outputs is None:
-        raise ValueError(
-            "training_step returned None; return the loss tensor or a dict with 'loss'."
-        )
-    elif isinstance(outputs, Mapping):
-        if "loss" not in outputs:
-            raise ValueError(
-                f"training_step returned a dict without 'loss' (keys: {sorted(outputs)}); "
-                "put the tensor to minimise under 'loss'."
-            )
-        outputs = dict(outputs)
-    else:
-        outputs = {"loss": outputs}
-    loss = outputs["loss"]
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"the loss must be a tensor, got {type(loss).__name__}.")
-    if loss.numel() != 1:
-        raise ValueError(
-            f"the loss must be a scalar tensor, got shape {tuple(loss.shape)}; did you forget "
-            ".mean()? (or reduction='mean' in the loss function)"
-        )
-    if not loss.requires_grad:
-        raise ValueError(
-            "the loss does not require grad: it was computed without autograd (under "
-            "torch.no_grad(), from detached tensors, or from a model whose parameters are "
-            "all frozen)."
-        )
-    return outputs
 
 
 def _scale_gradients(optimizer: torch.optim.Optimizer, factor: float) -> None:

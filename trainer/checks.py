@@ -1,0 +1,229 @@
+"""Checks of what a user hands the `Trainer`: its constructor arguments, what
+`configure_optimizers` returns, what the steps take and return, and whether the loss is finite.
+
+Each check returns the value in the form the loop uses, or raises with a message that names
+the argument, the value received and the fix, so a mistake fails in the constructor or at
+the first batch instead of deep inside torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
+
+import torch
+from torch import nn
+
+from trainer.distributed import Distributed
+from trainer.sampling import length_or_none
+from trainer.state import TrainState
+
+__all__ = [
+    "NAN_POLICIES",
+    "NanPolicy",
+    "as_distributed",
+    "as_eval_outputs",
+    "as_step_outputs",
+    "check_loader",
+    "check_loop_arguments",
+    "check_loss_fn",
+    "check_positive_int",
+    "compile_options",
+    "inputs_and_targets",
+    "is_finite_or_skipped",
+    "non_finite_loss_message",
+    "split_optimization",
+]
+
+NanPolicy = Literal["raise", "skip"]
+NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
+
+
+# ------------------------------------------------------------------------ constructor arguments
+def check_loop_arguments(
+    model: Any,
+    max_epochs: int | None,
+    max_steps: int | None,
+    accumulate_grad_batches: int,
+    log_every_n_steps: int,
+    gradient_clip_val: float | None,
+    nan_policy: str,
+) -> None:
+    """The model, when to stop, how to step and what a NaN loss does: each of the right kind."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if max_epochs is None and max_steps is None:
+        raise ValueError("set max_epochs or max_steps (or both) so the run knows when to stop.")
+    for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
+        if value is not None:
+            check_positive_int(name, value)
+    check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
+    check_positive_int("log_every_n_steps", log_every_n_steps)
+    if gradient_clip_val is not None and not gradient_clip_val > 0:
+        raise ValueError(f"gradient_clip_val must be > 0 or None, got {gradient_clip_val}.")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy={nan_policy!r} is not supported; use 'raise' or 'skip'.")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """`value` is an int of at least 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_loader(loader: Iterable[Any] | None, name: str) -> Iterable[Any] | None:
+    """`loader` is None or an iterable of batches that is not known to be empty."""
+    if loader is None:
+        return None
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{name} must be an iterable of batches (a DataLoader), got "
+                        f"{type(loader).__name__}.")
+    if length_or_none(loader) == 0:
+        raise ValueError(
+            f"{name} is empty (0 batches); check its data set is not empty and that "
+            "batch_size with drop_last=True does not exceed the data set's length."
+        )
+    return loader
+
+
+def check_loss_fn(loss_fn: Any, uses_default_steps: bool) -> None:
+    """The default training and validation steps need a `loss_fn`."""
+    if loss_fn is None and uses_default_steps:
+        raise ValueError(
+            "loss_fn is missing: the default training_step / validation_step call "
+            "loss_fn(outputs, targets). Pass loss_fn=nn.CrossEntropyLoss() (or similar), "
+            "or override training_step and validation_step in a subclass."
+        )
+
+
+def compile_options(compile: Any) -> dict[str, Any]:
+    """The keywords for `torch.compile` that `compile=True` or `compile={...}` asks for."""
+    if compile is True or isinstance(compile, dict):
+        return compile if isinstance(compile, dict) else {}
+    raise TypeError(
+        f"compile must be True, False or a dict of torch.compile options such as "
+        f"{{'mode': 'max-autotune'}}, got {type(compile).__name__} {compile!r}."
+    )
+
+
+def as_distributed(strategy: str | Distributed, nan_policy: str) -> Distributed:
+    """The run's own `Distributed` for `strategy`, a name or an instance."""
+    if isinstance(strategy, str):
+        strategy = Distributed(strategy)
+    elif isinstance(strategy, Distributed):
+        strategy = copy.copy(strategy)  # its own wrapped model: one object may serve two runs
+    else:
+        raise TypeError(
+            f"strategy must be 'auto', 'ddp', 'fsdp' or a trainer.distributed.Distributed, "
+            f"got {type(strategy).__name__}."
+        )
+    if strategy.strategy == "fsdp" and nan_policy == "skip":
+        raise ValueError(
+            "nan_policy='skip' does not work with strategy='fsdp': a rank that leaves its batch "
+            "out cannot take part in FSDP's gradient reduce-scatter. Use nan_policy='raise', "
+            "or strategy='ddp'."
+        )
+    return strategy
+
+
+# ------------------------------------------------------------------- what the user's code returns
+def split_optimization(configured: Any) -> tuple[Any, Any]:
+    """`(optimizer, scheduler)` from what `configure_optimizers` returned."""
+    if isinstance(configured, (tuple, list)):
+        if len(configured) != 2:
+            raise ValueError(
+                "configure_optimizers must return an optimizer or (optimizer, scheduler)."
+            )
+        return configured[0], configured[1]
+    return configured, None
+
+
+def inputs_and_targets(batch: Any, step_name: str) -> tuple[Any, Any]:
+    """The two halves of an `(inputs, targets)` batch, which the default steps expect."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    shape = f"a {type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        shape += f" of {len(batch)} items"
+    raise TypeError(
+        f"the default {step_name} expects each batch to be (inputs, targets), got {shape}. "
+        f"Override {step_name}(self, batch, batch_idx) in a Trainer subclass to unpack your "
+        "batches and return the loss."
+    )
+
+
+def as_step_outputs(outputs: Any) -> dict[str, Any]:
+    """Check a training step's result and return it as a dict holding `"loss"`."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = {"loss": outputs}
+    elif outputs is None:
+        raise ValueError(
+            "training_step returned None; return the loss tensor or a dict with 'loss'."
+        )
+    elif isinstance(outputs, Mapping):
+        if "loss" not in outputs:
+            raise ValueError(
+                f"training_step returned a dict without 'loss' (keys: {sorted(outputs)}); "
+                "put the tensor to minimise under 'loss'."
+            )
+        outputs = dict(outputs)
+    else:
+        outputs = {"loss": outputs}
+    loss = outputs["loss"]
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"the loss must be a tensor, got {type(loss).__name__}.")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"the loss must be a scalar tensor, got shape {tuple(loss.shape)}; did you forget "
+            ".mean()? (or reduction='mean' in the loss function)"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            "the loss does not require grad: it was computed without autograd (under "
+            "torch.no_grad(), from detached tensors, or from a model whose parameters are "
+            "all frozen)."
+        )
+    return outputs
+
+
+def as_eval_outputs(outputs: Any, stage: str) -> Mapping[str, Any]:
+    """A validation or test step's result as a mapping of names to figures (None: none)."""
+    if outputs is None:
+        return {}
+    if isinstance(outputs, torch.Tensor):
+        return {"loss": outputs}
+    if not isinstance(outputs, Mapping):
+        raise TypeError(
+            f"{stage}_step must return a loss tensor, a dict of scalar tensors or None, "
+            f"got {type(outputs).__name__}."
+        )
+    return outputs
+
+
+def is_finite_or_skipped(loss: torch.Tensor, state: TrainState) -> bool:
+    """True for a finite loss; a NaN/inf one is counted as skipped (with a warning at first)."""
+    loss = loss.detach()
+    if bool(torch.isfinite(loss)):
+        return True
+    if not state.skipped_batches:
+        warnings.warn(
+            f"skipping a batch with a non-finite loss ({loss.item()}) at optimizer step "
+            f"{state.global_step} (nan_policy='skip'); trainer.state.skipped_batches "
+            "counts them.",
+            stacklevel=2,
+        )
+    state.skipped_batches += 1
+    return False
+
+
+def non_finite_loss_message(loss: float, state: TrainState, last_finite_step: int) -> str:
+    """Where the loss became NaN/inf, and what to look at."""
+    return (
+        f"the training loss is {loss} at optimizer step {state.global_step} (epoch "
+        f"{state.epoch}); it was finite up to step {last_finite_step}. Look at the "
+        "learning rate (too high diverges), the data (NaN or inf inputs?) and the loss "
+        "(log of 0, division by 0). log_every_n_steps=1 finds the exact step; "
+        "nan_policy='skip' skips such batches. Checkpoints saved so far are intact."
+    )

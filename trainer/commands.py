@@ -1,0 +1,153 @@
+"""What each `trainer` command does once its config is built: fit, validate, test, predict,
+lr-find and plot, and the short report each prints.
+
+`cli.py` parses the command line, builds the job from the configs and turns our errors into
+one `error: ...` line; a command here raises `ConfigError` for what the user can fix.
+Under torchrun every rank runs the command and rank 0 reports.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, Job, config_to_yaml
+
+__all__ = ["RUNNERS", "fit", "lr_find", "plot", "predict", "test", "validate"]
+
+
+def fit(job: Job, ckpt_path: str | None) -> None:
+    """Train (or resume from `ckpt_path`), save the config with the run, print a summary."""
+    loaders = {"train_loader": _loader(job, "train_loader", "fit")}
+    if callable(getattr(job.data, "val_loader", None)):
+        loaders["val_loader"] = job.data.val_loader()
+    # The resolved config is the run's hyperparameters, unless the config sets its own.
+    hparams = {} if "hparams" in job.trainer_kwargs else {"hparams": dict(job.config)}
+    trainer = job.make_trainer(**loaders, **hparams)
+    run_dir = Path(trainer.run_dir).resolve()
+    # The run folder records exactly what produced it, overrides included.
+    if trainer.is_global_zero:  # under torchrun, rank 0 writes and reports for all ranks
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
+    history = trainer.fit(ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return
+    final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
+    print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
+    print(f"final metrics: {_format(final, ', ')}")
+    print(f"run files:     {run_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
+    print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
+    print(f"plot them:     trainer plot {shlex.quote(str(run_dir))}")
+
+
+def validate(job: Job, ckpt_path: str | None) -> None:
+    """Print the validation figures of `data.val_loader()`."""
+    trainer = job.make_trainer(val_loader=_loader(job, "val_loader", "validate"))
+    figures = trainer.validate(ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        print(_format(figures, "\n"))
+
+
+def test(job: Job, ckpt_path: str | None) -> None:
+    """Print the test figures of `data.test_loader()`."""
+    loader = _loader(job, "test_loader", "test")
+    trainer = job.make_trainer()
+    figures = trainer.test(loader, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        print(_format(figures, "\n"))
+
+
+def predict(job: Job, ckpt_path: str | None) -> None:
+    """Save the predictions on `data.predict_loader()` to `<run_dir>/predictions.pt`."""
+    import torch
+
+    from trainer.device import move_to_device
+
+    loader = _loader(job, "predict_loader", "predict")
+    trainer = job.make_trainer()
+    # On the CPU, the file opens on any machine, with or without the GPU it was made on.
+    predictions = move_to_device(trainer.predict(loader, ckpt_path=ckpt_path), torch.device("cpu"))
+    if not trainer.is_global_zero:  # every rank predicts the whole loader; one saves it
+        return
+    path = Path(trainer.run_dir).resolve() / "predictions.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(predictions, path)
+    print(f"predictions of {len(predictions)} batches saved to {path}")
+
+
+RUNNERS: dict[str, Callable[[Job, str | None], None]] = {
+    "fit": fit,
+    "validate": validate,
+    "test": test,
+    "predict": predict,
+}
+
+
+def plot(run_dir: str, output: str | None) -> None:
+    """Draw a finished run from its `metrics.csv` into a PNG."""
+    from trainer.plot import PlotError, plot_run
+
+    try:
+        path = plot_run(run_dir, output)
+    except PlotError as error:
+        raise ConfigError(str(error)) from error
+    print(f"plot saved to {path}")
+
+
+def lr_find(
+    job: Job,
+    ckpt_path: str | None,
+    config_paths: Sequence[str],
+    *,
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+) -> None:
+    """Sweep the learning rate, save the curve as CSV (and PNG), print the suggestion."""
+    from trainer.lr_finder import find_lr
+
+    trainer = job.make_trainer(train_loader=_loader(job, "train_loader", "lr-find"))
+    trainer._load_weights(ckpt_path)  # a checkpoint's weights, to fine-tune from
+    try:
+        result = find_lr(trainer, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps)
+    except ValueError as error:
+        raise ConfigError(f"lr-find: {error}") from error
+    run_dir = Path(trainer.run_dir).resolve()
+    files = [str(result.to_csv(run_dir / "lr_find.csv"))]
+    try:
+        files.insert(0, str(result.plot(run_dir / "lr_find.png")))
+    except ImportError as error:
+        print(f"note: no plot; {error}", file=sys.stderr)
+    ended = "the loss blew up" if len(result.lrs) < num_steps else "all steps done"
+    print(f"swept:         {len(result.lrs)} learning rates from {result.lrs[0]:.3g} to "
+          f"{result.lrs[-1]:.3g} ({ended}); model and optimizer restored afterwards")
+    print(f"loss vs lr:    {', '.join(files)}")
+    if result.suggestion is None:
+        print("suggested lr:  none, the loss never clearly fell; widen --min_lr/--max_lr "
+              "or raise --num_steps")
+        return
+    print(f"suggested lr:  {result.suggestion:.3g} (where the loss falls fastest)")
+    if job.config.get("optimizer"):
+        configs = " ".join(f"--config {shlex.quote(path)}" for path in config_paths)
+        print(f"use it:        trainer fit {configs} --optimizer.lr {result.suggestion:.3g}")
+
+
+def _loader(job: Job, method: str, command: str) -> Any:
+    """Call `data.<method>()`, or say plainly that the data object cannot serve `command`."""
+    make_loader = getattr(job.data, method, None)
+    if not callable(make_loader):
+        raise ConfigError(
+            f"data: {type(job.data).__name__} has no {method}() method, which `trainer "
+            f"{command}` needs; add one or choose a data class that has it."
+        )
+    return make_loader()
+
+
+def _format(metrics: Mapping[str, Any], separator: str) -> str:
+    return separator.join(
+        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in metrics.items()
+    )

@@ -4,7 +4,8 @@
     python benchmarks/bench_instructions.py --steps 100 300 --variants hand-written trainer-bare
 
 Wall-clock ratios on a shared or busy machine wander by several percent; instruction
-counts do not (repeated runs agree to about 0.1%). Each variant of the overhead-bound
+counts do not (with string hashing fixed by `PYTHONHASHSEED=0` in the workers, repeated
+runs agree to about 0.1%). Each variant of the overhead-bound
 workload of `bench_loop.py` (4 epochs, so 4 checkpoints for the defaults) runs in a fresh
 process under callgrind with counting switched on only around training, once for each of
 two step counts: the difference gives the instructions of one step, the rest the fixed
@@ -65,6 +66,8 @@ def count(variant: str, steps: int, folder: Path) -> int:
          f"--callgrind-out-file={output}", sys.executable, __file__,
          "--worker", variant, "--worker-steps", str(steps)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # String hashing is salted per process, which moves counts by ~0.5% between runs.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None
 

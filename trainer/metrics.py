@@ -18,6 +18,7 @@ __all__ = [
     "RunningMeans",
     "Throughput",
     "accuracy",
+    "compute_metrics",
     "is_stateful_metric",
     "metrics_on_device",
 ]

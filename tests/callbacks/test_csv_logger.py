@@ -121,6 +121,30 @@ def test_every_row_up_to_a_checkpoint_is_on_disk_before_the_checkpoint(
     assert reader.seen[3] == ["1", "2", "3"]
 
 
+def test_a_checkpoint_right_after_the_epoch_end_write_does_not_rewrite_the_file(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    class FileAtEpochEndAndSave(Callback):
+        def __init__(self) -> None:
+            self.files: list[tuple[str, int]] = []
+
+        def on_train_epoch_end(self, trainer: Trainer) -> None:
+            self.files.append(("epoch end", (run_dir / "metrics.csv").stat().st_ino))
+
+        def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+            self.files.append(("save", (run_dir / "metrics.csv").stat().st_ino))
+
+    watcher = FileAtEpochEndAndSave()
+    trainer_factory(callbacks=[CSVLogger(), watcher], checkpoint=True, max_epochs=2).fit()
+    kinds = [kind for kind, _ in watcher.files]
+    assert kinds == ["epoch end", "save", "epoch end", "save"]
+    # Each write renames a new file into place; the save found the epoch end's file as it was.
+    assert watcher.files[0][1] == watcher.files[1][1]
+    assert watcher.files[2][1] == watcher.files[3][1]
+    assert watcher.files[1][1] != watcher.files[2][1]
+    assert [row["step"] for row in read_rows(run_dir / "metrics.csv")[1]] == ["5", "10"]
+
+
 def test_on_by_default_and_off_with_logger_false(trainer_factory: Callable, run_dir: Path) -> None:
     trainer_factory(logger=True, max_epochs=1).fit()
     assert [row["step"] for row in read_rows(run_dir / "metrics.csv")[1]] == ["5"]

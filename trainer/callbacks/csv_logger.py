@@ -1,10 +1,11 @@
 """`CSVLogger`: every logged figure as a row per step in a plain CSV file.
 
 Rows are kept by step, so the step figures and the epoch figures of one step share a row.
-The file is rewritten whole at each epoch end and before each checkpoint (a rename, so it
-is never half written), which keeps its columns stable when new names appear; a resumed run
-reads it back, keeps every row up to its checkpoint and drops the rows a killed run wrote
-after it, so each step appears exactly once. Only the global-zero process writes.
+The file is rewritten whole (through a rename, so it is never half written) at each epoch
+end and before each checkpoint, when rows came in since the last write; rewriting keeps its
+columns stable when new names appear. A resumed run reads it back, keeps every row up to its
+checkpoint and drops the rows a killed run wrote after it, so each step appears exactly
+once. Only the global-zero process writes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class CSVLogger(Callback):
         self.path = Path(path) if path is not None else None
         self._rows: dict[int, dict[str, float]] = {}
         self._is_writing = False
+        self._has_unwritten_rows = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Pick up the rows of an earlier run up to the step this run continues from."""
         self.path = self.path or trainer.run_dir / "metrics.csv"
         self._rows = {}
         self._is_writing = trainer.is_global_zero
+        self._has_unwritten_rows = True  # a resumed run's file may hold rows to drop
         if trainer.global_step and self.path.exists():
             with self.path.open(newline="") as file:
                 for row in csv.DictReader(file):
@@ -50,6 +53,7 @@ class CSVLogger(Callback):
         """Merge these figures into the row of `step`."""
         if self._is_writing:
             self._rows.setdefault(step, {}).update(metrics)
+            self._has_unwritten_rows = True
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         """Write the file so far."""
@@ -68,7 +72,8 @@ class CSVLogger(Callback):
         self._write()
 
     def _write(self) -> None:
-        if self.path is None or not self._rows:
+        # An epoch end that saves a checkpoint asks twice; the second write would be the same.
+        if self.path is None or not self._rows or not self._has_unwritten_rows:
             return
         columns = list(dict.fromkeys(name for row in self._rows.values() for name in row))
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,3 +84,4 @@ class CSVLogger(Callback):
             for step in sorted(self._rows):
                 writer.writerow({"step": step, **self._rows[step]})
         os.replace(temporary, self.path)
+        self._has_unwritten_rows = False

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer
+from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 
@@ -91,3 +92,17 @@ def make_trainer(
 def trainer_factory(run_dir: Path) -> Callable[..., Trainer]:
     """Build quiet trainers writing under this test's run folder."""
     return lambda model=None, **overrides: make_trainer(run_dir, model, **overrides)
+
+
+def assert_same_final_state(expected_run: Path, actual_run: Path, context: str) -> None:
+    """Weights, optimizer state and step of two runs' `final.ckpt` files are bit-identical."""
+    expected = load_checkpoint(expected_run / "final.ckpt")
+    actual = load_checkpoint(actual_run / "final.ckpt")
+    assert expected["model"], "the final checkpoint holds no weights"
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
+    for index, state in expected["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            other = actual["optimizer"]["state"][index][key]
+            assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
+    assert expected["state"]["global_step"] == actual["state"]["global_step"]

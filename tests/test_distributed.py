@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp, make_trainer
+from conftest import assert_same_final_state, make_loader, make_mlp, make_trainer
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
@@ -114,20 +114,6 @@ def _assert_close(expected: dict, actual: dict, tolerance: float, context: str) 
     for name, tensor in expected["model"].items():
         difference = (tensor - actual["model"][name]).abs().max().item()
         assert difference <= tolerance, f"{context}: weight {name} differs by {difference}"
-
-
-def _assert_same_final_state(expected_run: Path, actual_run: Path, context: str) -> None:
-    """Weights, optimizer state and step of two runs' final checkpoints are bit-identical."""
-    expected = load_checkpoint(expected_run / "final.ckpt")
-    actual = load_checkpoint(actual_run / "final.ckpt")
-    assert expected["model"], "the final checkpoint holds no weights"
-    for name, tensor in expected["model"].items():
-        assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
-    for index, state in expected["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            other = actual["optimizer"]["state"][index][key]
-            assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
-    assert expected["state"]["global_step"] == actual["state"]["global_step"]
 
 
 # ---------------------------------------------------------------- sharding, in one process
@@ -291,7 +277,7 @@ def test_a_2_rank_run_killed_anywhere_resumes_bit_identically(
     killed = _stop_at(tmp_path, step, signal.SIGKILL, targets=(0, 1))
     assert killed.returncodes == [-signal.SIGKILL] * 2
     _run(tmp_path, "--resume")
-    _assert_same_final_state(uninterrupted, tmp_path, f"SIGKILL at step {step}")
+    assert_same_final_state(uninterrupted, tmp_path, f"SIGKILL at step {step}")
 
 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
@@ -306,7 +292,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
     assert saved["state"]["global_step"] == last_steps[0]
     assert "Received signal 15" in stopped.outputs[0]
     _run(tmp_path, "--resume")
-    _assert_same_final_state(uninterrupted, tmp_path, f"SIGTERM at step {step}")
+    assert_same_final_state(uninterrupted, tmp_path, f"SIGTERM at step {step}")
 
 
 def test_an_exception_on_one_rank_ends_the_torchrun_job_with_its_message(tmp_path: Path) -> None:

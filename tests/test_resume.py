@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp, make_trainer
+from conftest import assert_same_final_state, make_loader, make_mlp, make_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import EarlyStopping
-from trainer.checkpoint import load_checkpoint
 from trainer.trainer import NonFiniteLossError
 
 JOB = Path(__file__).parent / "jobs" / "resumable_job.py"
@@ -52,20 +51,6 @@ def _interrupt_at(run_dir: Path, workers: int, step: int, signum: int) -> subpro
             break
     process.communicate(timeout=120)
     return process
-
-
-def _final_state(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "final.ckpt")
-
-
-def _assert_identical(expected: dict, actual: dict, context: str) -> None:
-    for name, tensor in expected["model"].items():
-        assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
-    for index, state in expected["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            other = actual["optimizer"]["state"][index][key]
-            assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
-    assert expected["state"]["global_step"] == actual["state"]["global_step"]
 
 
 def _scalar_steps(run_dir: Path, tag: str) -> list[int]:
@@ -107,7 +92,7 @@ def test_sigkill_anywhere_then_resume_gives_identical_weights(
     assert killed.returncode == -signal.SIGKILL
     _run(tmp_path, workers, "--resume")
     context = f"SIGKILL at step {step}, {workers} workers"
-    _assert_identical(_final_state(uninterrupted[workers]), _final_state(tmp_path), context)
+    assert_same_final_state(uninterrupted[workers], tmp_path, context)
     expected_steps = _scalar_steps(uninterrupted[workers], "train/loss")
     assert _scalar_steps(tmp_path, "train/loss") == expected_steps, context
     assert _scalar_steps(tmp_path, "val/loss") == _scalar_steps(uninterrupted[workers], "val/loss")
@@ -123,9 +108,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(
     saved = sorted((tmp_path / "checkpoints").glob("last-*.ckpt"))
     assert saved, "SIGTERM must leave a checkpoint behind"
     _run(tmp_path, 0, "--resume")
-    _assert_identical(
-        _final_state(uninterrupted[0]), _final_state(tmp_path), f"SIGTERM at step {step}"
-    )
+    assert_same_final_state(uninterrupted[0], tmp_path, f"SIGTERM at step {step}")
 
 
 class _ScriptedValidation(Trainer):

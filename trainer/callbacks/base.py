@@ -81,7 +81,15 @@ class Callback:
         Asked once, when the trainer is built. Override it to decline a hook that this
         instance's settings leave with nothing to do, so the loop never calls it per step.
         """
-        return getattr(type(self), hook) is not getattr(Callback, hook)
+        return not self._hook_is_from(Callback, hook)
+
+    def _hook_is_from(self, owner: type[Callback], hook: str) -> bool:
+        """Whether this instance's `hook` is still `owner`'s own (no subclass replaced it).
+
+        A callback that declines one of its hooks for its settings asks this first, so a
+        subclass that overrides that hook to do something else is still called.
+        """
+        return getattr(type(self), hook) is getattr(owner, hook)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data to save in checkpoints; stateless callbacks return {}."""

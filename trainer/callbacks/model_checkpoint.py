@@ -74,11 +74,8 @@ class ModelCheckpoint(Callback):
 
     def uses_hook(self, hook: str) -> bool:
         """Skip the per-batch hook when no step saves are asked for (the usual case)."""
-        is_own_batch_hook = (
-            hook == "on_train_batch_end"
-            and type(self).on_train_batch_end is ModelCheckpoint.on_train_batch_end
-        )
-        if is_own_batch_hook and not self.every_n_steps:
+        is_idle = hook == "on_train_batch_end" and not self.every_n_steps
+        if is_idle and self._hook_is_from(ModelCheckpoint, hook):
             return False
         return super().uses_hook(hook)
 

@@ -45,7 +45,7 @@ class ProgressBar(Callback):
 
     def uses_hook(self, hook: str) -> bool:
         """Without a terminal only the epoch lines are printed: the bar's hooks stay silent."""
-        if hook in _BAR_HOOKS and getattr(type(self), hook) is getattr(ProgressBar, hook):
+        if hook in _BAR_HOOKS and self._hook_is_from(ProgressBar, hook):
             return self._is_interactive()
         return super().uses_hook(hook)
 

@@ -68,8 +68,8 @@ class TensorBoardLogger(Callback):
     def uses_hook(self, hook: str) -> bool:
         """Without histograms, the per-step and epoch-start hooks have nothing to do."""
         is_histogram_hook = hook in ("on_train_epoch_start", "on_before_optimizer_step")
-        is_own = getattr(type(self), hook) is getattr(TensorBoardLogger, hook)
-        if is_histogram_hook and is_own and self.histogram_every_n_epochs is None:
+        is_idle = is_histogram_hook and self.histogram_every_n_epochs is None
+        if is_idle and self._hook_is_from(TensorBoardLogger, hook):
             return False
         return super().uses_hook(hook)
 

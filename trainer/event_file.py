@@ -150,13 +150,8 @@ class EventFileWriter:
         histogram = _histogram(values, buckets)
         self._write_value(global_step, _bytes_field(1, tag.encode()) + _bytes_field(5, histogram))
 
-    def flush(self) -> None:
-        """Hand what was written to the operating system (done already: the file is unbuffered)."""
-        if self._file is not None:
-            self._file.flush()
-
     def close(self) -> None:
-        """Flush and close the file; later calls do nothing."""
+        """Close the file; later calls do nothing."""
         if self._file is not None:
             self._file.close()
             self._file = None

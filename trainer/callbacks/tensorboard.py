@@ -66,8 +66,10 @@ class TensorBoardLogger(Callback):
         self._epoch_length: int | None = None
 
     def uses_hook(self, hook: str) -> bool:
-        """Without histograms, the per-step and epoch-start hooks have nothing to do."""
-        is_histogram_hook = hook in ("on_train_epoch_start", "on_before_optimizer_step")
+        """Without histograms, the per-step and epoch hooks have nothing to do."""
+        is_histogram_hook = hook in (
+            "on_train_epoch_start", "on_before_optimizer_step", "on_train_epoch_end"
+        )
         is_idle = is_histogram_hook and self.histogram_every_n_epochs is None
         if is_idle and self._hook_is_from(TensorBoardLogger, hook):
             return False
@@ -111,20 +113,17 @@ class TensorBoardLogger(Callback):
             self._writer.add_scalar(name, value, global_step=step)
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
-        """Write weight histograms when due; flush so a killed run loses nothing logged."""
-        if self._writer is None:
-            return
-        if self._is_histogram_epoch(trainer):
-            for name, parameter in trainer.model.named_parameters():
-                self._writer.add_histogram(
-                    f"weights/{name}", parameter.detach(), global_step=trainer.global_step
-                )
-        self._writer.flush()
+        """Write weight histograms when due.
 
-    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
-        """Flush, so every point up to the checkpoint is on disk before it is."""
-        if self._writer is not None:
-            self._writer.flush()
+        Nothing needs flushing here or before a checkpoint: each event reaches the operating
+        system as it is written, so a killed run keeps every point it logged.
+        """
+        if not self._is_histogram_epoch(trainer):
+            return
+        for name, parameter in trainer.model.named_parameters():
+            self._writer.add_histogram(
+                f"weights/{name}", parameter.detach(), global_step=trainer.global_step
+            )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Mark the HParams session finished and close the event file."""

@@ -539,8 +539,6 @@ class Trainer:
         A signal counts only at an optimizer-step boundary. Several ranks agree at log steps
         (or every `agree_every_n_steps`) and at the epoch's last step, not at every batch.
         """
-        if not self._preemption.received and not self.distributed.is_active:
-            return self.state.should_stop, 0  # one process and no signal: nothing to agree on
         is_boundary = self._is_step_boundary()
         signum = (self._preemption.received or 0) if is_boundary else 0
         interval = self.distributed.agree_every_n_steps or self.log_every_n_steps

@@ -5,7 +5,8 @@ A checkpoint is one safetensors file: the tensors are stored as safetensors tens
 everything else (counts, names, lists, dicts) as JSON text in its header, next to a CRC-32
 of both. Neither format can name a class or function, so opening a checkpoint never
 executes code. Writes go to a temporary file in the same folder, are flushed and renamed
-into place, so a crash leaves either the old file or the new one, never half of one.
+into place (that second half may finish in the background, `trainer.background`), so a
+crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.background import after_pending_writes, wait_for_pending_writes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,8 +52,12 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ writing
-def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write `checkpoint` (tensors and plain data) to `path` atomically, with a checksum."""
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = True) -> Path:
+    """Write `checkpoint` (tensors and plain data) to `path` atomically, with a checksum.
+
+    `wait=False` returns once the bytes are written; making them durable and renaming the
+    file into place finish in the background (`trainer.background`).
+    """
     tensors: dict[str, torch.Tensor] = {}
     content = _encode(checkpoint, "", tensors, set())
     text = json.dumps(content)
@@ -60,7 +67,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         "content": text,
         "crc32": _crc32(text, tensors),
     }
-    return _write_atomically(Path(path), tensors, metadata)
+    return _write_atomically(Path(path), tensors, metadata, wait)
 
 
 def export_weights(
@@ -76,8 +83,13 @@ def export_weights(
 
 
 def _write_atomically(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], wait: bool = True
 ) -> Path:
+    """Write to a temporary file now; `fsync` and rename it after earlier saves finish.
+
+    Every save queues its second half, so files land in the order they were saved, and a
+    waiting save returns only once it (and every save before it) is in place.
+    """
     from safetensors.torch import save_file
 
     temporary: str | None = None
@@ -88,19 +100,33 @@ def _write_atomically(
         )
         os.close(handle)
         save_file(tensors, temporary, metadata=metadata)
+    except Exception as error:  # disk full, permissions, a folder that is a file, ...
+        raise _save_error(path, temporary, error) from error
+    after_pending_writes(lambda: _put_in_place(temporary, path))
+    if wait:
+        wait_for_pending_writes()
+    return path
+
+
+def _put_in_place(temporary: str, path: Path) -> None:
+    """Make the written file durable, then rename it over `path` (atomic on POSIX)."""
+    try:
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except Exception as error:  # disk full, permissions, a folder that is a file, ...
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or error
-        raise CheckpointError(
-            f"could not save checkpoint {path}: {reason}. Free disk space or fix the "
-            "folder's permissions; earlier checkpoints are intact."
-        ) from error
+    except Exception as error:
+        raise _save_error(path, temporary, error) from error
     _fsync_folder(path.parent)
-    return path
+
+
+def _save_error(path: Path, temporary: str | None, error: Exception) -> CheckpointError:
+    if temporary is not None:
+        Path(temporary).unlink(missing_ok=True)
+    reason = getattr(error, "strerror", None) or error
+    return CheckpointError(
+        f"could not save checkpoint {path}: {reason}. Free disk space or fix the "
+        "folder's permissions; earlier checkpoints are intact."
+    )
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -189,6 +215,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, verifying its checksum; tensors on CPU."""
     from safetensors import safe_open
 
+    wait_for_pending_writes()  # a save of this process may still be renaming its file
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist.")
@@ -294,6 +321,7 @@ def find_checkpoint(ckpt_path: str | Path, folder: Path) -> tuple[Path, dict[str
     """
     if ckpt_path not in ("last", "best"):
         return Path(ckpt_path), load_checkpoint(ckpt_path)
+    wait_for_pending_writes()
     candidates = _newest_first(folder) if folder.is_dir() else []
     problems = []
     for path in candidates:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.background import wait_for_pending_writes
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.defaults import assemble_callbacks
@@ -96,6 +97,7 @@ class Trainer:
                 scheduler.step()                  # "epoch"; ReduceLROnPlateau gets its monitor
                 on_log(epoch figures, global_step)   # on_log fires on rank 0 only
                 on_train_epoch_end                # ModelCheckpoint saves -> on_save_checkpoint
+            wait for checkpoint files to be fsynced and renamed into place (done in background)
             on_fit_end
         on any exception: on_exception(exception), then it propagates
         a NaN/inf loss raises where the loss is read: log steps, epoch ends, checkpoints
@@ -302,8 +304,10 @@ class Trainer:
                 self.callbacks.call("on_fit_start", self)
                 while not self._is_finished():
                     history.append(self._run_train_epoch())
+                self.distributed.run_on_zero("save checkpoints", wait_for_pending_writes)
                 self.callbacks.call("on_fit_end", self)
             except BaseException as exception:
+                wait_for_pending_writes(raise_failures=False)  # the saves that did succeed land
                 self.distributed.report_failure(exception)
                 self.callbacks.call("on_exception", self, exception)
                 raise
@@ -560,10 +564,12 @@ class Trainer:
         return self.state.should_stop or out_of_epochs or self._is_step_limit_reached()
 
     # ------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path: str | Path) -> Path:
+    def save_checkpoint(self, path: str | Path, wait: bool = True) -> Path:
         """Save everything needed to continue this run to `path`, atomically.
 
         On several ranks, call it on every rank: it gathers their states, rank 0 writes.
+        `wait=False` returns once the bytes are written and leaves the `fsync` and rename
+        to a background thread (what `ModelCheckpoint` does); `fit` waits for them.
         """
         self._check_finite_loss(self._train_means.mean("train/loss"))
         state = self.state.state_dict()
@@ -574,7 +580,7 @@ class Trainer:
         checkpoint = run_checkpoint(self, state, self._sampler, self._epoch_start_rng)
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns only once the file is complete.
-        self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path)
+        self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path, wait)
         return Path(path)
 
     def export_weights(self, path: str | Path) -> Path:

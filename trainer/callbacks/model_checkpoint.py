@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.background import after_pending_writes
 from trainer.callbacks.base import Callback
 from trainer.callbacks.monitor import Monitor
 from trainer.checkpoint import last_checkpoint_name, rotate_last_checkpoints
@@ -106,9 +107,11 @@ class ModelCheckpoint(Callback):
         self._saved_step = trainer.global_step
         path = self.dirpath / last_checkpoint_name(trainer.epoch, trainer.global_step)
         self.last_model_path = str(path)  # before saving, so the file records its own path
-        trainer.save_checkpoint(path)
+        # The fsync and rename finish in the background; old files go only after them.
+        trainer.save_checkpoint(path, wait=False)
         if trainer.is_global_zero:  # one process manages the files
-            rotate_last_checkpoints(self.dirpath, keep=self.keep_last)
+            folder, keep = self.dirpath, self.keep_last
+            after_pending_writes(lambda: rotate_last_checkpoints(folder, keep=keep))
 
     def _save_ranked(self, trainer: Trainer) -> None:
         assert self.monitor is not None and self.dirpath is not None
@@ -124,7 +127,7 @@ class ModelCheckpoint(Callback):
         best_score = self.best_k.get(self.best_model_path, self.monitor.worst())
         if self.monitor.is_improvement(score, best_score):
             self.best_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, wait=False)
         while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
             self._remove(self._worst_path(), trainer.is_global_zero)
 
@@ -137,7 +140,7 @@ class ModelCheckpoint(Callback):
         file = Path(path)
         is_ours = self.dirpath is not None and file.parent == self.dirpath
         if is_ours and is_global_zero and path != self.best_model_path:
-            file.unlink(missing_ok=True)
+            after_pending_writes(lambda: file.unlink(missing_ok=True))
 
     def state_dict(self) -> dict[str, Any]:
         """The ranking and paths, so a resumed run keeps rotating the same files."""

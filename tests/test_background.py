@@ -1,0 +1,109 @@
+"""Checkpoint saves that finish in the background: they land in order, before `fit`
+returns and before the process exits, and a failure surfaces without losing earlier files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import REPO_ROOT, make_trainer
+
+from trainer import Trainer
+from trainer.background import after_pending_writes, wait_for_pending_writes
+from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _hold_pending_writes() -> threading.Event:
+    """Queue a job that blocks every later one until the returned event is set."""
+    release = threading.Event()
+    after_pending_writes(lambda: release.wait(timeout=30) or None)
+    return release
+
+
+def test_a_save_without_waiting_returns_before_its_file_is_in_place(tmp_path: Path) -> None:
+    release = _hold_pending_writes()
+    target = tmp_path / "last.ckpt"
+    try:
+        save_checkpoint({"w": torch.arange(4.0)}, target, wait=False)
+        assert not target.exists()  # written to a temporary file, rename still queued
+        assert [path.name.startswith(".last.ckpt.") for path in tmp_path.iterdir()] == [True]
+    finally:
+        release.set()
+    assert torch.equal(load_checkpoint(target)["w"], torch.arange(4.0))  # loading waits
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_saves_land_in_the_order_they_were_made(tmp_path: Path) -> None:
+    release = _hold_pending_writes()
+    target = tmp_path / "last.ckpt"
+    for value in range(3):
+        save_checkpoint({"value": value}, target, wait=False)
+    release.set()
+    save_checkpoint({"value": 3}, target)  # waits for the three before it, then lands last
+    assert load_checkpoint(target)["value"] == 3
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_process_that_exits_after_a_save_without_waiting_still_lands_it(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "last.ckpt"
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from trainer.checkpoint import save_checkpoint
+        save_checkpoint({{"w": torch.ones(1_000_000)}}, {str(target)!r}, wait=False)
+        """
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=environment, timeout=120)
+    assert torch.equal(load_checkpoint(target)["w"], torch.ones(1_000_000))
+
+
+def _block_checkpoint_path(run_dir: Path, name: str) -> Path:
+    """A non-empty folder where a checkpoint file must go: the rename into place fails."""
+    blocker = run_dir / "checkpoints" / name
+    blocker.mkdir(parents=True)
+    (blocker / "keep.txt").write_text("in the way")
+    return blocker
+
+
+def test_a_rename_that_fails_in_the_background_fails_fit_and_keeps_earlier_files(
+    run_dir: Path,
+) -> None:
+    trainer = make_trainer(run_dir, checkpoint=True)  # 5 steps an epoch, 2 epochs
+    _block_checkpoint_path(run_dir, "last-epoch=1-step=10.ckpt")
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*step=10\.ckpt"):
+        trainer.fit()
+    folder = run_dir / "checkpoints"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "last-epoch=0-step=5.ckpt",
+        "last-epoch=1-step=10.ckpt",  # still the folder that was in the way
+    ]
+    assert load_checkpoint(folder / "last-epoch=0-step=5.ckpt")["state"]["global_step"] == 5
+    wait_for_pending_writes()  # the failure was raised once, by fit, and is not raised again
+
+
+class FailsInSecondEpoch(Trainer):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.epoch == 1:
+            raise RuntimeError("a bug in the second epoch")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_background_save_is_reported_without_hiding_the_runs_own_error(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = make_trainer(run_dir, trainer_class=FailsInSecondEpoch, checkpoint=True)
+    _block_checkpoint_path(run_dir, "last-epoch=0-step=5.ckpt")
+    with pytest.raises(RuntimeError, match="a bug in the second epoch"):
+        trainer.fit()
+    assert "could not save checkpoint" in capsys.readouterr().err
+    assert not [path for path in (run_dir / "checkpoints").iterdir() if path.is_file()]

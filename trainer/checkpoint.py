@@ -18,6 +18,7 @@ import random
 import re
 import sys
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,10 @@ __all__ = [
 FORMAT_NAME = "trainer-checkpoint"
 FORMAT_VERSION = 2  # 2: a CRC-32 checksum; 1 (still read): SHA-256
 _NAME_PATTERN = re.compile(r"epoch=(\d+)-step=(\d+)")
+# The checksum's place in the JSON header while the file is being written. Only the header's
+# own key can match the slot: inside the escaped `content` text, quotes carry backslashes.
+_CRC_NOT_YET = "00000000"
+_CRC_SLOT = f'"crc32":"{_CRC_NOT_YET}"'.encode()
 
 
 class CheckpointError(ValueError):
@@ -58,40 +63,55 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = T
     `wait=False` returns once the bytes are written; making them durable and renaming the
     file into place finish in the background (`trainer.background`).
     """
+    from safetensors.torch import save_file
+
     tensors: dict[str, torch.Tensor] = {}
-    content = _encode(checkpoint, "", tensors, set())
-    text = json.dumps(content)
+    text = json.dumps(_encode(checkpoint, "", tensors, set()))
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "content": text,
-        "crc32": _crc32(text, tensors),
+        "crc32": _CRC_NOT_YET,
     }
-    return _write_atomically(Path(path), tensors, metadata, wait)
+
+    def write(temporary: str) -> None:
+        # The checksum is summed on a second thread while the file is written: both only
+        # read the tensors, and zlib and safetensors let go of the GIL, so on a free core
+        # it costs no time. It then fills the header's slot, whose length does not change.
+        summed: list[str] = []
+        summing = threading.Thread(target=lambda: summed.append(_crc32(text, tensors)))
+        summing.start()
+        try:
+            save_file(tensors, temporary, metadata=metadata)
+        finally:
+            summing.join()  # the weights may change as soon as this save returns
+        _fill_in_checksum(temporary, summed[0])
+
+    return _write_atomically(Path(path), write, wait)
 
 
 def export_weights(
     model: torch.nn.Module | dict[str, torch.Tensor], path: str | Path
 ) -> Path:
     """Write a model's weights (or a state dict) as a standard `.safetensors` file."""
+    from safetensors.torch import save_file
+
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     for name, tensor in weights.items():
         tensors[name] = _storable(tensor, seen)
-    return _write_atomically(Path(path), tensors, {"format": "pt"})
+    return _write_atomically(
+        Path(path), lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"})
+    )
 
 
-def _write_atomically(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], wait: bool = True
-) -> Path:
-    """Write to a temporary file now; `fsync` and rename it after earlier saves finish.
+def _write_atomically(path: Path, write: Callable[[str], None], wait: bool = True) -> Path:
+    """`write` a temporary file now; `fsync` and rename it once earlier saves have landed.
 
     Every save queues its second half, so files land in the order they were saved, and a
     waiting save returns only once it (and every save before it) is in place.
     """
-    from safetensors.torch import save_file
-
     temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,13 +119,22 @@ def _write_atomically(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         )
         os.close(handle)
-        save_file(tensors, temporary, metadata=metadata)
+        write(temporary)
     except Exception as error:  # disk full, permissions, a folder that is a file, ...
         raise _save_error(path, temporary, error) from error
     after_pending_writes(lambda: _put_in_place(temporary, path))
     if wait:
         wait_for_pending_writes()
     return path
+
+
+def _fill_in_checksum(temporary: str, crc: str) -> None:
+    """Overwrite the checksum slot in the header of a file just written (same length)."""
+    with open(temporary, "r+b") as file:
+        header = file.read(int.from_bytes(file.read(8), "little"))
+        slot = header.index(_CRC_SLOT) + len(_CRC_SLOT) - len(_CRC_NOT_YET) - 1
+        file.seek(8 + slot)
+        file.write(crc.encode())
 
 
 def _put_in_place(temporary: str, path: Path) -> None:

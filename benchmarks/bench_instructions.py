@@ -47,8 +47,9 @@ def run_worker(variant: str, steps: int) -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         print("READY", flush=True)
         sys.stdin.readline()
-        if variant == "hand-written":
-            bench_loop._hand_written(model, loader, optimizer, loss_fn, epochs, settings)
+        if variant.startswith("hand-written"):
+            save_to = f"{run_dir}/checkpoint.pt" if variant.endswith("+save") else None
+            bench_loop._hand_written(model, loader, optimizer, loss_fn, epochs, settings, save_to)
         else:
             bench_loop._with_trainer(
                 model, loader, optimizer, loss_fn, epochs, variant == "trainer-defaults",

@@ -18,6 +18,7 @@ from conftest import make_loader, make_mlp, make_trainer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import trainer.checkpoint as checkpoint_module
 from trainer import Trainer
 from trainer.callbacks import EarlyStopping, ModelCheckpoint
 from trainer.checkpoint import (
@@ -101,6 +102,21 @@ def test_checkpoint_content_round_trips_plain_data_and_tensors(tmp_path: Path) -
     assert loaded["floats"][0] == float("inf")
     assert torch.equal(loaded["tied"]["b"], shared)
     assert loaded["empty"].shape == (0,)
+
+
+def test_a_large_state_summed_on_a_second_thread_loads_and_its_damage_is_found(
+    tmp_path: Path,
+) -> None:
+    weights = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
+    assert weights.nbytes >= checkpoint_module._SUM_ASIDE_FROM  # the threaded checksum path
+    path = save_checkpoint({"w": weights, "step": 3}, tmp_path / "big.ckpt")
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["w"], weights) and loaded["step"] == 3
+    damaged = bytearray(path.read_bytes())
+    damaged[-5] ^= 0xFF  # one flipped byte in the last weight
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="is corrupted: its checksum does not match"):
+        load_checkpoint(path)
 
 
 def test_a_value_that_is_not_plain_data_is_refused_naming_its_entry(tmp_path: Path) -> None:

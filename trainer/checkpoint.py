@@ -50,6 +50,7 @@ _NAME_PATTERN = re.compile(r"epoch=(\d+)-step=(\d+)")
 # own key can match the slot: inside the escaped `content` text, quotes carry backslashes.
 _CRC_NOT_YET = "00000000"
 _CRC_SLOT = f'"crc32":"{_CRC_NOT_YET}"'.encode()
+_SUM_ASIDE_FROM = 4 * 2**20  # bytes of tensors from which the checksum gets its own thread
 
 
 class CheckpointError(ValueError):
@@ -75,17 +76,21 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = T
     }
 
     def write(temporary: str) -> None:
-        # The checksum is summed on a second thread while the file is written: both only
-        # read the tensors, and zlib and safetensors let go of the GIL, so on a free core
-        # it costs no time. It then fills the header's slot, whose length does not change.
+        # A large state's checksum is summed on a second thread while the file is written:
+        # both only read the tensors, and zlib and safetensors let go of the GIL, so on a
+        # free core it costs no time. It then fills the header's slot (same length). For a
+        # small state, starting the thread would cost more than the sum.
         summed: list[str] = []
-        summing = threading.Thread(target=lambda: summed.append(_crc32(text, tensors)))
-        summing.start()
+        summing = None
+        if sum(tensor.nbytes for tensor in tensors.values()) >= _SUM_ASIDE_FROM:
+            summing = threading.Thread(target=lambda: summed.append(_crc32(text, tensors)))
+            summing.start()
         try:
             save_file(tensors, temporary, metadata=metadata)
         finally:
-            summing.join()  # the weights may change as soon as this save returns
-        _fill_in_checksum(temporary, summed[0])
+            if summing is not None:
+                summing.join()  # the weights may change as soon as this save returns
+        _fill_in_checksum(temporary, summed[0] if summing else _crc32(text, tensors))
 
     return _write_atomically(Path(path), write, wait)
 

@@ -90,7 +90,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = T
         finally:
             if summing is not None:
                 summing.join()  # the weights may change as soon as this save returns
-        _fill_in_checksum(temporary, summed[0] if summing else _crc32(text, tensors))
+        _fill_in_checksum(temporary, summed[0] if summing is not None else _crc32(text, tensors))
 
     return _write_atomically(Path(path), write, wait)
 

@@ -579,7 +579,8 @@ class Trainer:
             self._warned_inexact = warn_if_inexact_mid_epoch(self.train_loader)
         checkpoint = run_checkpoint(self, state, self._sampler, self._epoch_start_rng)
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
-        # Rank 0 writes; every rank returns only once the file is complete.
+        # Rank 0 writes; every rank returns once the bytes are written (and, with `wait`,
+        # once the file is in place).
         self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path, wait)
         return Path(path)
 

@@ -69,7 +69,7 @@ def test_hooks_fire_in_the_documented_order(run_dir: Path) -> None:
     expected = ["on_fit_start"]
     expected += _expected_epoch(3, 2, first_step=0, with_save=True)
     expected += _expected_epoch(3, 2, first_step=3, with_save=True)
-    expected += ["on_fit_end"]
+    expected += ["on_train_end", "on_fit_end"]
     assert recorder.calls == expected
 
     resumed = HookRecorder()
@@ -78,7 +78,7 @@ def test_hooks_fire_in_the_documented_order(run_dir: Path) -> None:
     again.fit(ckpt_path="last")
     assert resumed.calls[:2] == ["on_load_checkpoint", "on_fit_start"]
     expected_after = _expected_epoch(3, 2, first_step=6, with_save=False)
-    assert resumed.calls[2:] == [*expected_after, "on_fit_end"]
+    assert resumed.calls[2:] == [*expected_after, "on_train_end", "on_fit_end"]
 
 
 def test_every_hook_is_documented_in_the_loop_pseudocode() -> None:

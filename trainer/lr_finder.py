@@ -191,7 +191,7 @@ def _sweep(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = move_to_device(batch, trainer.device)
-        trainer.last_batch_size = batch_size_of(batch) or 1
+        trainer._logs.batch_size = batch_size_of(batch) or 1
         with precision.autocast():
             loss = as_step_outputs(trainer.training_step(batch, step))["loss"]
         precision.backward(loss)

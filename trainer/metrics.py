@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 __all__ = [
+    "LogBook",
     "MetricFn",
     "RunningMeans",
     "Throughput",
@@ -76,15 +77,19 @@ class RunningMeans:
             self._fold(name)
 
     def _fold(self, name: str) -> None:
-        values, weights = zip(*self._pending.pop(name), strict=True)
-        try:
-            stacked = torch.stack(values)
-        except RuntimeError:  # scalars of different shapes, e.g. () and (1,)
+        self._sums[name], self._weights[name] = self._total(name)
+        del self._pending[name]
+
+    def _total(self, name: str) -> tuple[torch.Tensor | float, float]:
+        """The weighted sum and weight of `name`, pending values included, changing nothing."""
+        total, weight = self._sums.get(name, 0.0), self._weights.get(name, 0.0)
+        if self._pending.get(name):
+            values, weights = zip(*self._pending[name], strict=True)
             stacked = torch.stack([value.reshape(()) for value in values])
-        factors = torch.tensor(weights, dtype=torch.float32, device=stacked.device)
-        total = (stacked.reshape(-1).float() * factors).sum()
-        self._sums[name] = self._sums.get(name, 0.0) + total
-        self._weights[name] = self._weights.get(name, 0.0) + sum(weights)
+            factors = torch.tensor(weights, dtype=torch.float32, device=stacked.device)
+            total = total + (stacked.float() * factors).sum()
+            weight += sum(weights)
+        return total, weight
 
     def means(self) -> dict[str, float]:
         """The mean of every name as a float; this is where the host reads the device."""
@@ -99,12 +104,27 @@ class RunningMeans:
         return {name: (total, self._weights[name]) for name, total in self._sums.items()}
 
     def mean(self, name: str) -> float | None:
-        """The mean of one name, or None if it was never added."""
-        if name in self._pending:
-            self._fold(name)
-        if name not in self._sums:
+        """The mean of one name, or None if it was never added; reading it changes no sum."""
+        if name not in self._sums and name not in self._pending:
             return None
-        return float(self._sums[name]) / self._weights[name]
+        total, weight = self._total(name)
+        return float(total) / weight
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sums, weights and the values not yet summed, so a resumed epoch sums as this one."""
+        pending = {
+            name: [torch.stack([value.reshape(()) for value, _ in items]), [w for _, w in items]]
+            for name, items in self._pending.items()
+        }
+        return {"sums": dict(self._sums), "weights": dict(self._weights), "pending": pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` output."""
+        self.reset()
+        self._sums = dict(state["sums"])
+        self._weights = {name: float(weight) for name, weight in state["weights"].items()}
+        for name, (values, weights) in state["pending"].items():
+            self._pending[name] = list(zip(values.unbind(), weights, strict=True))
 
     def reset(self) -> None:
         self._pending.clear()
@@ -138,6 +158,51 @@ class Throughput:
         rate = self.samples / max(now - self._since, 1e-9)
         self.samples, self._since = 0, now
         return rate
+
+
+class LogBook:
+    """What a run's steps logged and the loop has not yet read, kept in one place.
+
+    `step` holds the values logged since the last log step (read and emptied there, so a
+    value logged once is written once); `train` and `evaluation` the running means of the
+    current training epoch and evaluation pass; `throughput` counts samples between log
+    steps; `batch_size` is the size of the batch in flight, the weight of what it logs.
+    """
+
+    def __init__(self) -> None:
+        self.step: dict[str, torch.Tensor | float] = {}
+        self.train = RunningMeans()
+        self.evaluation = RunningMeans()
+        self.throughput = Throughput()
+        self.batch_size = 0
+        self.last_logged_step = -1
+
+    def start_epoch(self, is_resumed: bool = False) -> None:
+        """Forget the previous epoch's figures (a resumed epoch keeps its own); start timing."""
+        if not is_resumed:
+            self.train.reset()
+            self.step.clear()
+        self.throughput.restart()
+
+    def add_train(self, name: str, value: torch.Tensor | float) -> None:
+        """A training value: written at the next log step, averaged into the epoch figure."""
+        self.step[name] = value
+        self.train.add(name, value, self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's running sums and the values not yet written, for a mid-epoch resume."""
+        return {"train": self.train.state_dict(), "step": dict(self.step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` output."""
+        self.train.load_state_dict(state["train"])
+        self.step = dict(state["step"])
+
+    def read_step(self) -> dict[str, float]:
+        """The values logged since the last log step, as floats; the next step starts empty."""
+        figures = {name: float(value) for name, value in self.step.items()}
+        self.step.clear()
+        return figures
 
 
 def compute_metrics(

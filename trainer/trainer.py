@@ -9,7 +9,6 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,7 @@ from trainer.device import batch_size_of, batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.metrics import (
-    RunningMeans,
-    Throughput,
+    LogBook,
     compute_metrics,
     is_stateful_metric,
     metrics_on_device,
@@ -53,8 +51,8 @@ from trainer.metrics import (
 from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
-from trainer.resume import restore_run, resumed_batches, run_checkpoint, warn_if_inexact_mid_epoch
-from trainer.sampling import ResumableSampler, length_or_none, set_sampler_epoch
+from trainer.resume import restore_run, run_checkpoint
+from trainer.sampling import TrainingData, length_or_none
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
@@ -71,6 +69,7 @@ class Trainer:
 
         fit(ckpt_path):
             restore the checkpoint, if any            -> on_load_checkpoint
+            or, starting from scratch, seed_everything(seed) when a seed is given
             on_fit_start
             while epochs and steps remain and not should_stop:
                 on_train_epoch_start
@@ -87,16 +86,19 @@ class Trainer:
                         every log_every_n_steps steps: on_log(step figures, global_step)
                                       # loss, lr, samples/s, grad norm when clipped or asked
                     on_train_batch_end(outputs, batch, batch_idx)
-                    leave the epoch if should_stop or max_steps is reached
+                    at a step boundary, leave the epoch if should_stop or max_steps is reached
                     on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
                     (several ranks agree on should_stop and signals at log steps and epoch ends)
-                if val_loader:
-                    on_validation_start
-                    validation_step(batch, batch_idx) per batch   # eval(), inference_mode
-                    on_validation_end(val figures)
-                scheduler.step()                  # "epoch"; ReduceLROnPlateau gets its monitor
-                on_log(epoch figures, global_step)   # on_log fires on rank 0 only
-                on_train_epoch_end                # ModelCheckpoint saves -> on_save_checkpoint
+                if the epoch's batches are all done (a cut-short epoch ends when resumed):
+                    if val_loader:
+                        on_validation_start
+                        validation_step(batch, batch_idx) per batch   # eval(), inference_mode
+                        on_validation_end(val figures)
+                    scheduler.step()              # "epoch"; ReduceLROnPlateau gets its monitor
+                    on_log(epoch figures, global_step)   # on_log fires on rank 0 only
+                    on_train_epoch_end            # ModelCheckpoint saves -> on_save_checkpoint
+            on_train_end                          # ModelCheckpoint saves a state not yet saved
+            if the last epoch was cut short and val_loader: validation as above, on_log
             wait for checkpoint files to be fsynced and renamed into place (done in background)
             on_fit_end
         on any exception: on_exception(exception), then it propagates
@@ -147,8 +149,6 @@ class Trainer:
             gradient_clip_val, nan_policy,
         )
         self.nan_policy = nan_policy
-        if seed is not None:
-            seed_everything(seed)
         self.distributed = as_distributed(strategy, nan_policy)
         self.device = self.distributed.setup(device)  # joins the process group under torchrun
         self.precision = Precision(precision, self.device)
@@ -173,20 +173,11 @@ class Trainer:
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
-        self.last_batch_size = 0
+        self.seed = seed
         self._phase: str | None = None
-        self._step_logs: dict[str, torch.Tensor | float] = {}
-        self._train_means, self._eval_means = RunningMeans(), RunningMeans()
-        self._throughput = Throughput()
-        self._epoch_done = False
-        self._last_logged_step = -1
-        self._sampler: ResumableSampler | None = None
-        self._epoch_start_rng: torch.Tensor | None = None
-        self._resume_point: dict[str, Any] | None = None
+        self._logs = LogBook()
+        self._data = TrainingData(self.train_loader, None)
         self._preemption = PreemptionWatch()
-        self._warned_inexact = False
-        self._last_finite_step = 0
-        self._epoch_length: int | None = None
 
     # ----------------------------------------------------------------- state a callback reads
     @property
@@ -224,6 +215,11 @@ class Trainer:
         return self.distributed.is_global_zero
 
     @property
+    def last_batch_size(self) -> int:
+        """Samples in the batch being run: the weight of what its step logs."""
+        return self._logs.batch_size
+
+    @property
     def num_train_batches(self) -> int | None:
         """Batches per training epoch, or None for a loader without a length."""
         return length_or_none(self.train_loader)
@@ -258,6 +254,17 @@ class Trainer:
             "params -> Optimizer), or override configure_optimizers() in a subclass."
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """A subclass's own resumable state (tensors and plain data), saved in checkpoints.
+
+        Override it with `load_state_dict` to keep what a step carries between batches,
+        such as the hidden state of truncated backprop through time; the default has none.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` returned, when a run resumes from a checkpoint."""
+
     def log(self, name: str, value: torch.Tensor | float) -> None:
         """Record a scalar; it stays on the device until a log step or epoch end reads it."""
         if isinstance(value, torch.Tensor):
@@ -268,10 +275,9 @@ class Trainer:
                 )
             value = value.detach()
         if self._phase == "train":
-            self._step_logs[name] = value
-            self._train_means.add(name, value, self.last_batch_size)
+            self._logs.add_train(name, value)
         elif self._phase is not None:
-            self._eval_means.add(name, value, self.last_batch_size)
+            self._logs.evaluation.add(name, value, self._logs.batch_size)
         else:
             self.state.metrics[name] = float(value)
 
@@ -286,16 +292,19 @@ class Trainer:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")
         if self.optimizer is None:
             self._set_optimization(*split_optimization(self.configure_optimizers()))
-        self.state.should_stop = False
-        self.train_loader, self._sampler = self.distributed.shard_training_loader(
+        self.train_loader, sampler = self.distributed.shard_training_loader(
             self.train_loader, pin_memory=self.device.type == "cuda"
         )
-        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
+        self._data = TrainingData(self.train_loader, sampler)
+        self.distributed.check_loader_length(self._data.length, self.accumulate_grad_batches)
+        checkpoint = None
         if ckpt_path is not None:
-            checkpoint = restore_run(self, ckpt_path)
-            if checkpoint is not None:
-                self._resume_point = checkpoint
-                self.callbacks.call("on_load_checkpoint", self, checkpoint)
+            checkpoint = restore_run(self, self._data, self._logs, ckpt_path)
+        if checkpoint is not None:
+            self.callbacks.call("on_load_checkpoint", self, checkpoint)
+        elif self.seed is not None and self.state == TrainState(metrics=self.state.metrics):
+            seed_everything(self.seed)  # a run from scratch; a resumed one has its own states
+        self.state.should_stop = False  # a stop asked of an earlier fit() is done with
         history: list[dict[str, float]] = []
         with _kept_module_modes(self.model), self._preemption:
             if not self.model.training:
@@ -304,6 +313,11 @@ class Trainer:
                 self.callbacks.call("on_fit_start", self)
                 while not self._is_finished():
                     history.append(self._run_train_epoch())
+                self.callbacks.call("on_train_end", self)
+                if history and self.state.is_mid_epoch and self.val_loader is not None:
+                    figures = self._run_validation(self.val_loader)  # figures where it ended
+                    self._send_to_loggers(figures)
+                    history[-1] |= figures
                 self.distributed.run_on_zero("save checkpoints", wait_for_pending_writes)
                 self.callbacks.call("on_fit_end", self)
             except BaseException as exception:
@@ -338,19 +352,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the loop
     def _run_train_epoch(self) -> dict[str, float]:
         self.callbacks.call("on_train_epoch_start", self)
-        self._train_means.reset()
-        self._epoch_done = False
-        self._step_logs.clear()
         first = self.state.batches_in_epoch
-        self._epoch_length = self.num_train_batches  # len() of a DataLoader is not free
-        self._throughput.restart()
+        self._logs.start_epoch(is_resumed=first > 0)
         is_exhausted = True
         batches = batches_on_device(
-            self._epoch_batches(first), self.device, self.precision.input_dtype
+            self._data.batches(self.state.epoch, first), self.device, self.precision.input_dtype
         )
         for batch_idx, batch in enumerate(batches, start=first):
-            self.last_batch_size = batch_size_of(batch) or 1
-            self._throughput.samples += self.last_batch_size
+            self._logs.batch_size = batch_size_of(batch) or 1
+            self._logs.throughput.samples += self._logs.batch_size
             self._phase = "train"
             self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
             outputs = self._run_train_batch(batch, batch_idx)
@@ -359,29 +369,19 @@ class Trainer:
             should_stop, signum = self._shared_decisions()
             if should_stop or self._is_step_limit_reached():
                 self.state.should_stop = should_stop
-                is_exhausted = self.state.batches_in_epoch == self._epoch_length
+                is_exhausted = self.state.batches_in_epoch == self._data.length
+                if is_exhausted:  # the end-of-epoch draws a sampler makes past its last batch
+                    next(batches, None)
                 break
             if signum:
                 save_and_exit(self, signum)
         if is_exhausted:
-            self._finish_epoch(first)
+            self._finish_epoch()
         return self._end_train_epoch()
-
-    def _epoch_batches(self, first: int) -> Iterator[Any]:
-        """This epoch's batches; a resumed epoch starts at `first` without loading earlier ones."""
-        resume, self._resume_point = self._resume_point, None
-        set_sampler_epoch(self.train_loader, self.state.epoch)
-        if not first or resume is None:
-            self._epoch_start_rng = torch.get_rng_state()
-            return iter(self.train_loader)
-        if self._sampler is None:  # warned about when the checkpoint was saved
-            return islice(iter(self.train_loader), first, None)
-        self._epoch_start_rng = resume["data"]["epoch_start_rng"]
-        return resumed_batches(self.train_loader, self._sampler, resume, first)
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         scale = self.accumulate_grad_batches
-        is_last = self.state.batches_in_epoch + 1 == self._epoch_length
+        is_last = self.state.batches_in_epoch + 1 == self._data.length
         is_boundary = (batch_idx + 1) % scale == 0 or is_last
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
         with self.distributed.no_sync(is_boundary):
@@ -396,8 +396,7 @@ class Trainer:
                 self.distributed.contribute_no_gradient(self.model)
         outputs["loss"] = loss = loss.detach()
         if is_used:  # what self.log does, without its checks
-            self._step_logs["train/loss"] = loss
-            self._train_means.add("train/loss", loss, self.last_batch_size)
+            self._logs.add_train("train/loss", loss)
         self.state.batches_in_epoch += 1
         if is_boundary:
             self._optimizer_step(window=(batch_idx % scale) + 1)
@@ -412,12 +411,12 @@ class Trainer:
         if self.gradient_clip_val is not None:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
-            self._step_logs["train/grad_norm"] = norm
+            self._logs.step["train/grad_norm"] = norm
         elif self.log_grad_norm and (self.state.global_step + 1) % self.log_every_n_steps == 0:
             # Only on log steps: the norm is a reduction over every gradient.
             grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
             norm = nn.utils.get_total_norm([grad for grad in grads if grad is not None])
-            self._step_logs["train/grad_norm"] = norm
+            self._logs.step["train/grad_norm"] = norm
         self.callbacks.call("on_before_optimizer_step", self, optimizer)
         stepped = self.precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
@@ -429,23 +428,28 @@ class Trainer:
         if self.state.global_step % self.log_every_n_steps == 0:
             self._log_step_figures()
 
-    def _finish_epoch(self, first_batch: int) -> None:
-        """Mark the epoch complete; step the short last window of a loader without a length."""
+    def _finish_epoch(self) -> None:
+        """Mark the epoch's batches as all consumed (an empty loader is an error)."""
         if self.state.batches_in_epoch == 0:
             raise ValueError(
                 "train_loader produced no batches; check the data set is not empty and that "
                 "batch_size with drop_last=True does not exceed its length."
             )
-        self._epoch_done = True
-        pending = self.state.batches_in_epoch % self.accumulate_grad_batches
-        if pending and self._epoch_length is None and self.state.batches_in_epoch > first_batch:
-            self._optimizer_step(window=pending)
+        self.state.finish_epoch()
 
     def _end_train_epoch(self) -> dict[str, float]:
-        train_figures = self.distributed.reduce_means(self._train_means)
+        """The epoch's figures; only a finished epoch validates, steps and ends.
+
+        An epoch cut short (`max_steps`, `should_stop` mid-epoch) is ended by the run that
+        resumes it, so an epoch scheduler, early stopping and ranked checkpoints count
+        each epoch once, whether or not the run stopped inside it.
+        """
+        train_figures = self.distributed.reduce_means(self._logs.train)
         self._check_finite_loss(train_figures.get("train/loss"))
         self.state.metrics.update(train_figures)
         record = {"epoch": float(self.state.epoch), **train_figures}
+        if not self.state.is_epoch_finished:
+            return record
         if self.val_loader is not None:
             record |= self._run_validation(self.val_loader)
         rates = learning_rates(self.optimizer)
@@ -453,7 +457,7 @@ class Trainer:
         self.state.metrics.update(rates)
         self._step_scheduler_on_epoch()
         epoch_figures = {f"{name}_epoch": value for name, value in train_figures.items()}
-        just_logged = self.state.global_step == self._last_logged_step
+        just_logged = self.state.global_step == self._logs.last_logged_step
         epoch_figures |= {
             name: value
             for name, value in record.items()
@@ -462,10 +466,7 @@ class Trainer:
         self._send_to_loggers(epoch_figures)
         self.callbacks.call("on_train_epoch_end", self)
         self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
-        if self._epoch_done:
-            self.state.epoch += 1
-            self.state.batches_in_epoch = 0
-            self._epoch_done = False
+        self.state.start_next_epoch()
         return record
 
     def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -481,12 +482,12 @@ class Trainer:
         predictions: list[Any] = []
         if stage != "predict":  # predictions stay whole and in order on every rank
             loader = self.distributed.shard_for_evaluation(loader)
-        self._eval_means.reset()
+        self._logs.evaluation.reset()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
             batches = batches_on_device(loader, self.device, self.precision.input_dtype)
             for batch_idx, batch in enumerate(batches):
-                self.last_batch_size = batch_size_of(batch) or 1
+                self._logs.batch_size = batch_size_of(batch) or 1
                 self._phase = stage
                 with self.precision.autocast():
                     outputs = step[stage](batch, batch_idx)
@@ -498,7 +499,7 @@ class Trainer:
                 self._phase = None
         if stage == "predict":
             return predictions
-        figures = self.distributed.reduce_means(self._eval_means)
+        figures = self.distributed.reduce_means(self._logs.evaluation)
         for name, metric in self.metric_fns.items():
             if is_stateful_metric(metric):
                 figures[f"{stage}/{name}"] = float(metric.compute())
@@ -508,12 +509,12 @@ class Trainer:
     # ----------------------------------------------------------------------- figures and limits
     def _log_step_figures(self) -> None:
         """Read this step's logged values from the device and hand them to loggers."""
-        figures = {name: float(value) for name, value in self._step_logs.items()}
+        figures = self._logs.read_step()
         self._check_finite_loss(figures.get("train/loss"))
-        figures["train/samples_per_sec"] = self._throughput.rate()  # after float() waited
+        figures["train/samples_per_sec"] = self._logs.throughput.rate()  # after float() waited
         figures |= learning_rates(self.optimizer)
         self.state.metrics.update(figures)
-        self._last_logged_step = self.state.global_step
+        self._logs.last_logged_step = self.state.global_step
         self._send_to_loggers(figures)
 
     def _send_to_loggers(self, figures: dict[str, float]) -> None:
@@ -524,9 +525,11 @@ class Trainer:
     def _check_finite_loss(self, loss: float | None) -> None:
         """Raise for a NaN/inf loss; checked where the loss is read anyway, so it costs no sync."""
         if loss is None or math.isfinite(loss) or self.nan_policy != "raise":
-            self._last_finite_step = self.state.global_step
+            self.state.last_finite_step = self.state.global_step
             return
-        raise NonFiniteLossError(non_finite_loss_message(loss, self.state, self._last_finite_step))
+        raise NonFiniteLossError(
+            non_finite_loss_message(loss, self.state, self.state.last_finite_step)
+        )
 
     def _step_scheduler_on_epoch(self) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":
@@ -540,24 +543,26 @@ class Trainer:
     def _shared_decisions(self) -> tuple[bool, int]:
         """`should_stop` and a preemption signal as every rank acts on them.
 
-        A signal counts only at an optimizer-step boundary. Several ranks agree at log steps
-        (or every `agree_every_n_steps`) and at the epoch's last step, not at every batch.
+        Both count only at an optimizer-step boundary, so a stop never strands gradients.
+        Several ranks agree at log steps (or every `agree_every_n_steps`) and at the epoch's
+        last step, not at every batch.
         """
         is_boundary = self._is_step_boundary()
         signum = (self._preemption.received or 0) if is_boundary else 0
         interval = self.distributed.agree_every_n_steps or self.log_every_n_steps
         is_due = is_boundary and (
             self.state.global_step % interval == 0
-            or self.state.batches_in_epoch == self._epoch_length
+            or self.state.batches_in_epoch == self._data.length
         )
-        return self.distributed.agree(self.state.should_stop, signum, is_due=is_due)
+        should_stop = self.state.should_stop and is_boundary  # a window's gradients step first
+        return self.distributed.agree(should_stop, signum, is_due=is_due)
 
     def _is_step_limit_reached(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
 
     def _is_step_boundary(self) -> bool:
         done = self.state.batches_in_epoch
-        return done % self.accumulate_grad_batches == 0 or done == self._epoch_length
+        return done % self.accumulate_grad_batches == 0 or done == self._data.length
 
     def _is_finished(self) -> bool:
         out_of_epochs = self.max_epochs is not None and self.state.epoch >= self.max_epochs
@@ -571,13 +576,8 @@ class Trainer:
         `wait=False` returns once the bytes are written and leaves the `fsync` and rename
         to a background thread (what `ModelCheckpoint` does); `fit` waits for them.
         """
-        self._check_finite_loss(self._train_means.mean("train/loss"))
-        state = self.state.state_dict()
-        if self._epoch_done:  # saved at an epoch's end: resume at the next epoch's start
-            state |= {"epoch": self.state.epoch + 1, "batches_in_epoch": 0}
-        elif state["batches_in_epoch"] and not self._warned_inexact:
-            self._warned_inexact = warn_if_inexact_mid_epoch(self.train_loader)
-        checkpoint = run_checkpoint(self, state, self._sampler, self._epoch_start_rng)
+        self._check_finite_loss(self._logs.train.mean("train/loss"))
+        checkpoint = run_checkpoint(self, self._data, self._logs)
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns once the bytes are written (and, with `wait`,
         # once the file is in place).

@@ -32,9 +32,11 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
     assert files_in(folder) == ["last-epoch=0-step=5.ckpt", "last-epoch=1-step=10.ckpt"]
     saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
     assert set(saved) == {
-        "model", "optimizer", "scheduler", "precision", "state", "rng", "data", "callbacks"
+        "model", "optimizer", "scheduler", "precision", "state", "rng", "data", "callbacks",
+        "trainer",
     }  # fmt: skip
-    assert saved["state"]["epoch"] == 2  # saved at the end of epoch 1: resume at epoch 2
+    # Saved at the end of epoch 1, which is finished: a resumed run starts epoch 2.
+    assert (saved["state"]["epoch"], saved["state"]["is_epoch_finished"]) == (1, True)
     assert saved["state"]["global_step"] == 10
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(saved["model"][name], tensor), name
@@ -116,11 +118,15 @@ def test_fit_from_best_loads_the_best_ranked_checkpoint(run_dir: Path) -> None:
 
 
 def test_every_n_steps_saves_mid_epoch(run_dir: Path) -> None:
-    checkpoint = ModelCheckpoint(every_n_steps=2, every_n_epochs=0)
+    checkpoint = ModelCheckpoint(every_n_steps=2, every_n_epochs=0, keep_last=3)
     trainer = scripted_trainer(run_dir, {"loss": [1.0]}, callbacks=[checkpoint])
     trainer.fit()
     folder = run_dir / "checkpoints"
-    assert files_in(folder) == ["last-epoch=0-step=2.ckpt", "last-epoch=0-step=4.ckpt"]
+    # Steps 2 and 4 mid-epoch; step 5 is the state training ended in, saved at on_train_end.
+    assert files_in(folder) == [
+        "last-epoch=0-step=2.ckpt", "last-epoch=0-step=4.ckpt", "last-epoch=1-step=5.ckpt"
+    ]  # fmt: skip
+    assert load_checkpoint(folder / "last-epoch=1-step=5.ckpt")["state"]["epoch"] == 1
     saved = load_checkpoint(folder / "last-epoch=0-step=4.ckpt")
     assert saved["state"]["epoch"] == 0
     assert saved["state"]["global_step"] == 4

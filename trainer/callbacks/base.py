@@ -38,11 +38,16 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None:
         """When `fit` finishes without an exception."""
 
+    def on_train_end(self, trainer: Trainer) -> None:
+        """When training stops without an exception (epochs done, `max_steps`, `should_stop`),
+        before the figures of an epoch cut short are validated and before `on_fit_end`."""
+
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         """Before the first training batch of an epoch."""
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
-        """After an epoch's training and validation, with its figures in `trainer.metrics`."""
+        """After a finished epoch's training and validation, with its figures in
+        `trainer.metrics`; an epoch cut short ends in the run that resumes it."""
 
     def on_train_batch_start(self, trainer: Trainer, batch: Any, batch_idx: int) -> None:
         """Before `training_step`, with the batch already on the device."""

@@ -81,8 +81,14 @@ class ModelCheckpoint(Callback):
         return super().uses_hook(hook)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Default the folder to the run's `checkpoints/`."""
+        """Default the folder to the run's `checkpoints/`; a resumed state is saved already."""
         self.dirpath = self.dirpath or trainer.checkpoint_dir
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Save the state training stopped in, unless a save already holds it."""
+        if trainer.global_step != self._saved_step:
+            self._save_last(trainer)
 
     def on_train_batch_end(
         self, trainer: Trainer, outputs: dict[str, Any], batch: Any, batch_idx: int

@@ -1,0 +1,295 @@
+"""The resume matrix: a run stopped anywhere and resumed ends exactly where the straight run ends.
+
+Every case trains a small MLP with dropout (so the random streams matter) for three epochs of
+ten batches in accumulation windows of three (the last window of an epoch is short), once
+straight through and once stopped and resumed by a new `Trainer` built from scratch with a
+new loader, as a new process would. Weights, optimizer, scheduler, the trainer's own state,
+callback states and the figures in `trainer.metrics` must be equal with `torch.equal` / `==`.
+
+Stops are made in-process (a real SIGKILL adds nothing to a stop right after a checkpoint
+was written; `test_resume.py` keeps the real kills): resuming from every checkpoint file of a
+straight run that saves at every optimizer step (and at epoch ends) is a kill after each
+save; `max_steps` and `should_stop` end a run the ordinary way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import make_mlp
+from torch import nn
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    Sampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
+
+from trainer import Trainer
+from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.checkpoint import load_checkpoint
+
+SAMPLES, BATCH, WINDOW, EPOCHS = 40, 4, 3, 3
+STEPS_PER_EPOCH = 4  # windows of 3, 3, 3 and 1 batches
+
+
+def _dataset() -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(SAMPLES, 64, generator=generator)
+    return TensorDataset(inputs, torch.randint(0, 10, (SAMPLES,), generator=generator))
+
+
+class _ShuffledStream(IterableDataset):
+    """An IterableDataset that shuffles itself from torch's generator as each epoch starts."""
+
+    def __init__(self) -> None:
+        self.data = _dataset()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in torch.randperm(SAMPLES).tolist():
+            yield self.data[index]
+
+
+class _ReversedHalves(Sampler[int]):
+    """A user's own sampler: a random half first, then the rest reversed."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.length).tolist()
+        half = self.length // 2
+        return iter(order[:half] + order[half:][::-1])
+
+
+LOADERS: dict[str, Callable[[], Any]] = {
+    "shuffle": lambda: DataLoader(_dataset(), batch_size=BATCH, shuffle=True),
+    "shuffle, generator=": lambda: DataLoader(
+        _dataset(), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(1)
+    ),
+    "in order": lambda: DataLoader(_dataset(), batch_size=BATCH),
+    "drop_last": lambda: DataLoader(_dataset(), batch_size=6, shuffle=True, drop_last=True),
+    "own Sampler": lambda: DataLoader(
+        _dataset(), batch_size=BATCH, sampler=_ReversedHalves(SAMPLES)
+    ),
+    "sampler with generator=": lambda: DataLoader(
+        _dataset(), batch_size=BATCH,
+        sampler=WeightedRandomSampler(
+            torch.linspace(1, 2, SAMPLES), SAMPLES, generator=torch.Generator().manual_seed(2)
+        ),
+    ),
+    "DistributedSampler": lambda: DataLoader(
+        _dataset(), batch_size=BATCH,
+        sampler=DistributedSampler(_dataset(), num_replicas=1, rank=0, seed=3),
+    ),
+    "IterableDataset": lambda: DataLoader(_ShuffledStream(), batch_size=BATCH),
+    "2 workers": lambda: DataLoader(_dataset(), batch_size=BATCH, shuffle=True, num_workers=2),
+    "persistent workers": lambda: DataLoader(
+        _dataset(), batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True
+    ),
+}
+WITH_WORKERS = ("2 workers", "persistent workers")
+
+SCHEDULERS: dict[str, tuple[Callable[[torch.optim.Optimizer], Any], str]] = {
+    "per epoch": (lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), "epoch"),
+    "per step": (lambda opt: torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.7), "step"),
+    "on plateau": (
+        lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5),
+        "epoch",
+    ),
+}
+
+
+class _Memory(Trainer):
+    """Carries a tensor from batch to batch (as truncated backprop through time carries its
+    hidden state) and lets it shape the loss, so losing it on resume changes the weights."""
+
+    memory: torch.Tensor | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        outputs = self.model(inputs)
+        if self.memory is None:
+            self.memory = torch.zeros(10)
+        loss = self.loss_fn(outputs + self.memory, targets)
+        self.memory = 0.9 * self.memory + 0.1 * outputs.detach().mean(0)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory = state["memory"]
+
+
+class _StopAt(Callback):
+    """Asks the trainer to stop once it reaches optimizer step `step` (mid-window, too)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+        is_window_start = trainer.global_step == self.step - 1 and idx % WINDOW == 0
+        if is_window_start or trainer.global_step >= self.step:
+            trainer.should_stop = True  # mid-window, it is acted on once the window stepped
+
+
+def _trainer(
+    run_dir: Path,
+    loader: str = "shuffle",
+    scheduler: str = "per epoch",
+    checkpoint: ModelCheckpoint | bool = True,
+    callbacks: list[Callback] | None = None,
+    trainer_class: type[Trainer] | None = None,
+    **options: Any,
+) -> Trainer:
+    torch.manual_seed(torch.seed() % 1000)  # a new process: any global state at all
+    model = make_mlp(seed=0, dropout=0.3)
+    make_scheduler, interval = SCHEDULERS[scheduler]
+    return (trainer_class or _Memory)(
+        model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.01),
+        loss_fn=nn.CrossEntropyLoss(), train_loader=LOADERS[loader](),
+        val_loader=DataLoader(_dataset(), batch_size=16), scheduler=make_scheduler,
+        scheduler_interval=interval, max_epochs=EPOCHS, accumulate_grad_batches=WINDOW,
+        log_every_n_steps=2, seed=7, run_dir=run_dir, progress_bar=False, logger=False,
+        checkpoint=checkpoint, device="cpu",
+        callbacks=[EarlyStopping("val/loss", patience=2), *(callbacks or [])], **options,
+    )  # fmt: skip
+
+
+def _final_state(trainer: Trainer) -> dict[str, Any]:
+    callbacks = {  # less file names, which differ between folders
+        key: {name: value for name, value in state.items() if "path" not in name}
+        for key, state in trainer.callbacks.state_dicts().items()
+        if key != "ModelCheckpoint"
+    }
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "trainer": trainer.state_dict(),
+        "callbacks": callbacks,
+        "step": (trainer.epoch, trainer.global_step),
+        "metrics": {k: v for k, v in trainer.metrics.items() if k != "train/samples_per_sec"},
+    }
+
+
+def _assert_equal(expected: Any, actual: Any, where: str) -> None:
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and torch.equal(expected, actual), where
+    elif isinstance(expected, dict):
+        assert set(expected) == set(actual), f"{where}: keys {set(expected) ^ set(actual)}"
+        for key in expected:
+            _assert_equal(expected[key], actual[key], f"{where}/{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), where
+        for index, (a, b) in enumerate(zip(expected, actual, strict=True)):
+            _assert_equal(a, b, f"{where}/{index}")
+    else:
+        assert expected == actual, f"{where}: {expected!r} != {actual!r}"
+
+
+_straight_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _straight(tmp_path: Path, loader: str, scheduler: str) -> dict[str, Any]:
+    """The uninterrupted run's final state (one per loader and scheduler)."""
+    key = (loader, scheduler)
+    if key not in _straight_cache:
+        trainer = _trainer(tmp_path / "straight", loader, scheduler, checkpoint=False)
+        trainer.fit()
+        _straight_cache[key] = _final_state(trainer)
+    return _straight_cache[key]
+
+
+def _resume_from(tmp_path: Path, checkpoint: Path, loader: str, scheduler: str) -> Trainer:
+    """A new trainer in a new folder, continued from a copy of `checkpoint`."""
+    folder = tmp_path / f"resumed-{checkpoint.stem}"
+    folder.mkdir()
+    copy = shutil.copy(checkpoint, folder / checkpoint.name)
+    trainer = _trainer(folder, loader, scheduler, checkpoint=False)
+    trainer.fit(ckpt_path=copy)
+    return trainer
+
+
+@pytest.fixture(autouse=True)
+def _quiet_inexact_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+SAVES = {
+    "every step": dict(every_n_steps=1, every_n_epochs=0),
+    "epoch ends": dict(every_n_epochs=1),
+    "both": dict(every_n_steps=1, every_n_epochs=1),
+    "top-k": dict(every_n_steps=1, every_n_epochs=1, monitor="val/loss", save_top_k=2),
+}
+
+
+@pytest.mark.parametrize("saves", list(SAVES))
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_resuming_from_every_checkpoint_of_a_run_ends_identically(
+    tmp_path: Path, loader: str, saves: str
+) -> None:
+    if loader in WITH_WORKERS and saves != "both":
+        pytest.skip("workers start slowly: one checkpoint kind covers them")
+    saver = ModelCheckpoint(**SAVES[saves], keep_last=100, dirpath=tmp_path / "saved")
+    run = _trainer(tmp_path / "run", loader, checkpoint=saver)
+    run.fit()
+    expected = _straight(tmp_path, loader, "per epoch")
+    _assert_equal(expected, _final_state(run), f"{loader}: checkpointing changed the run")
+    files = sorted(saver.dirpath.glob("*.ckpt"))
+    assert len(files) >= EPOCHS, files
+    for file in files:
+        resumed = _resume_from(tmp_path, file, loader, "per epoch")
+        _assert_equal(expected, _final_state(resumed), f"{loader}, resumed from {file.name}")
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("loader", ["shuffle", "shuffle, generator=", "IterableDataset"])
+def test_a_run_stopped_early_continues_to_the_straight_runs_end(
+    tmp_path: Path, loader: str, scheduler: str, stop: str
+) -> None:
+    expected = _straight(tmp_path, loader, scheduler)
+    for step in (2, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 3):
+        run_dir = tmp_path / f"{stop}-{step}"
+        if stop == "max_steps":
+            first = _trainer(run_dir, loader, scheduler, max_steps=step)
+        else:
+            first = _trainer(run_dir, loader, scheduler, callbacks=[_StopAt(step)])
+        first.fit()
+        assert first.global_step == step
+        resumed = _trainer(run_dir, loader, scheduler)
+        resumed.fit(ckpt_path="last")
+        where = f"{loader}, {scheduler} scheduler, {stop} at step {step}"
+        _assert_equal(expected, _final_state(resumed), where)
+
+
+def test_a_checkpoint_without_the_subclass_state_changes_the_run(tmp_path: Path) -> None:
+    """The matrix's subclass state matters: dropping it on resume gives other weights."""
+    saver = ModelCheckpoint(every_n_steps=5, every_n_epochs=0, keep_last=9, dirpath=tmp_path)
+    _trainer(tmp_path / "run", checkpoint=saver).fit()
+    file = next(tmp_path.glob("*step=5.ckpt"))
+    assert load_checkpoint(file)["trainer"]["memory"] is not None
+
+    class Forgetful(_Memory):
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    forgetful = _trainer(tmp_path / "forgetful", checkpoint=False, trainer_class=Forgetful)
+    forgetful.fit(ckpt_path=file)
+    expected = _straight(tmp_path, "shuffle", "per epoch")["model"]
+    assert any(not torch.equal(expected[k], v) for k, v in forgetful.model.state_dict().items())

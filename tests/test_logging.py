@@ -105,7 +105,10 @@ def test_a_step_that_is_not_a_log_step_reads_nothing_from_the_device(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_a_step_that_is_not_a_log_step_never_synchronises(run_dir: Path) -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])  # "16-mixed" syncs by design
+def test_on_cuda_a_step_that_is_not_a_log_step_never_synchronises(
+    run_dir: Path, precision: str
+) -> None:
     """CUDA's own sync detector raises on any synchronising call between log steps."""
 
     class NoSyncBetweenLogs(Callback):
@@ -131,6 +134,7 @@ def test_on_cuda_a_step_that_is_not_a_log_step_never_synchronises(run_dir: Path)
         gradient_clip_val=1.0,
         run_dir=run_dir,
         device="cuda",
+        precision=precision,
         callbacks=[NoSyncBetweenLogs()],
     )
     try:

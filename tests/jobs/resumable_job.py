@@ -1,10 +1,13 @@
 """A training job run as a subprocess by the resume tests, so it can really be killed.
 
-    python resumable_job.py RUN_DIR WORKERS [--resume] [--slow SECONDS]
+    python resumable_job.py RUN_DIR WORKERS [--resume] [--slow SECONDS] [--device DEVICE]
+        [--precision PRECISION]
 
 It trains an MLP with dropout on shuffled data with gradient accumulation, a per-step
 scheduler and a checkpoint every 3 optimizer steps, prints `STEP n` after every batch, and
-at the end saves its final state to RUN_DIR/final.ckpt for the test to compare.
+at the end saves its final state to RUN_DIR/final.ckpt for the test to compare. It prints
+`DEVICE name` first; on CUDA its dropout masks come from the CUDA generator, so an exact
+resume there needs the CUDA RNG state restored as well.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main() -> None:
     parser.add_argument("workers", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="32")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -63,6 +68,8 @@ def main() -> None:
         accumulate_grad_batches=2,
         max_epochs=EPOCHS,
         seed=0,
+        device=args.device,
+        precision=args.precision,
         run_dir=args.run_dir,
         log_every_n_steps=2,
         progress_bar=False,
@@ -72,6 +79,7 @@ def main() -> None:
             ModelCheckpoint(every_n_steps=3),
         ],
     )
+    print(f"DEVICE {trainer.device}", flush=True)
     trainer.fit(ckpt_path="last" if args.resume else None)
     trainer.save_checkpoint(args.run_dir / "final.ckpt")
     print("DONE", flush=True)

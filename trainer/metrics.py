@@ -112,11 +112,13 @@ class RunningMeans:
 
     def state_dict(self) -> dict[str, Any]:
         """Sums, weights and the values not yet summed, so a resumed epoch sums as this one."""
+        # As float32 on the host: exactly what summing them would use (DTensors included).
         pending = {
-            name: [torch.stack([value.reshape(()) for value, _ in items]), [w for _, w in items]]
+            name: [torch.tensor([float(v) for v, _ in items]), [w for _, w in items]]
             for name, items in self._pending.items()
         }
-        return {"sums": dict(self._sums), "weights": dict(self._weights), "pending": pending}
+        sums = {name: float(total) for name, total in self._sums.items()}
+        return {"sums": sums, "weights": dict(self._weights), "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()` output."""
@@ -191,7 +193,8 @@ class LogBook:
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's running sums and the values not yet written, for a mid-epoch resume."""
-        return {"train": self.train.state_dict(), "step": dict(self.step)}
+        step = {name: float(value) for name, value in self.step.items()}
+        return {"train": self.train.state_dict(), "step": step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()` output."""

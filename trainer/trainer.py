@@ -104,6 +104,40 @@ class Trainer:
         on any exception: on_exception(exception), then it propagates
         a NaN/inf loss raises where the loss is read: log steps, epoch ends, checkpoints
 
+    Args:
+        model: any `nn.Module`; it is moved to `device` (and compiled, sharded or wrapped).
+        optimizer: an `Optimizer`, or a callable `params -> Optimizer`; None calls
+            `configure_optimizers()` when `fit` starts.
+        loss_fn: `(outputs, targets) -> scalar tensor`, used by the default steps.
+        train_loader: the training batches, usually a `DataLoader`.
+        val_loader: batches validated at every epoch end, when given.
+        scheduler: an LR scheduler or a callable `optimizer -> scheduler`;
+            `ReduceLROnPlateau` works.
+        scheduler_interval: `"epoch"` (after each finished epoch) or `"step"`.
+        scheduler_monitor: the metric `ReduceLROnPlateau` reads.
+        metrics: name -> callable `(outputs, targets) -> tensor`, or `torchmetrics` objects.
+        max_epochs: stop after this many epochs.
+        max_steps: stop after this many optimizer steps (whichever limit comes first).
+        precision: `"32"`, `"16-mixed"`, `"bf16-mixed"` or `"bf16-true"`.
+        device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"` or a `torch.device`.
+        accumulate_grad_batches: step the optimizer every N batches.
+        gradient_clip_val: clip the total gradient norm to this value.
+        callbacks: added to the defaults; an instance of a default's class replaces it.
+        run_dir: the folder for this run's logs and `checkpoints/`.
+        log_every_n_steps: how often step figures go to the loggers.
+        seed: when given, `fit` seeds python, numpy and torch as it starts a run from
+            scratch (a resumed run takes its random states from the checkpoint); None
+            leaves every generator as it is, so a script that seeded itself keeps its stream.
+        compile: `True`, or a dict of `torch.compile` options, compiles the model in place.
+        progress_bar: the default tqdm bar; False switches it off, an instance replaces it.
+        logger: the default TensorBoard and CSV loggers; False or an instance, likewise.
+        checkpoint: the default last-state `ModelCheckpoint`; False or an instance, likewise.
+        nan_policy: `"raise"` on a NaN/inf loss, or `"skip"` the batch (one sync a batch).
+        hparams: the hyperparameters the loggers record; by default the constructor's
+            arguments.
+        log_grad_norm: log `train/grad_norm` at log steps even without clipping.
+        strategy: `"auto"`, `"ddp"`, `"fsdp"` or a `Distributed`; torchrun sets the ranks.
+
     Example:
         >>> trainer = Trainer(model, optimizer=torch.optim.AdamW(model.parameters()),
         ...                   loss_fn=nn.CrossEntropyLoss(), train_loader=train_dl,

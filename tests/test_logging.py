@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp
+from conftest import make_loader, make_mlp, make_trainer
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -271,3 +271,26 @@ def test_only_rank_zero_writes_logs_and_prints_progress(tmp_path: Path) -> None:
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     # each rank trains on its half: 20 samples, 3 batches of 8 per epoch
     assert [row.split(",")[0] for row in rows[1:]] == ["3", "6"]
+
+
+def test_a_value_logged_once_is_written_once(run_dir: Path) -> None:
+    """Step figures hold what was logged since the previous log step, nothing older."""
+
+    class LogsOnce(Trainer):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.epoch == 0 and batch_idx == 0:
+                self.log("train/once", torch.tensor(3.0))
+            return super().training_step(batch, batch_idx)
+
+    class Written(Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, set[str]]] = []
+
+        def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+            self.steps.append((step, set(metrics)))
+
+    written = Written()
+    make_trainer(run_dir, trainer_class=LogsOnce, log_every_n_steps=1, callbacks=[written]).fit()
+    with_once = [step for step, names in written.steps if "train/once" in names]
+    assert with_once == [1]  # the first step's figures only
+    assert [step for step, names in written.steps if "train/once_epoch" in names] == [5]

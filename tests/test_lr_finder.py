@@ -203,3 +203,13 @@ def test_find_lr_under_mixed_precision_on_cuda_restores_weights_and_grad_scaler(
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, weights[name]), name
     assert trainer.precision.state_dict() == scaler
+
+
+def test_find_lr_sweeps_a_bf16_true_model_through_the_loops_own_step(run_dir: Path) -> None:
+    """The sweep casts batches as the loop does: bfloat16 weights get bfloat16 inputs."""
+    trainer = make_trainer(run_dir, precision="bf16-true")
+    weights_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = find_lr(trainer, num_steps=8, max_lr=1.0)
+    assert len(result.lrs) == 8 and all(math.isfinite(loss) for loss in result.raw_losses)
+    for name, value in trainer.model.state_dict().items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, weights_before[name])

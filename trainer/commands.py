@@ -115,6 +115,8 @@ def lr_find(
         result = find_lr(trainer, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps)
     except ValueError as error:
         raise ConfigError(f"lr-find: {error}") from error
+    if not trainer.is_global_zero:  # every rank swept together; one writes and reports
+        return
     run_dir = Path(trainer.run_dir).resolve()
     files = [str(result.to_csv(run_dir / "lr_find.csv"))]
     try:

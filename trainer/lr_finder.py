@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.checks import as_step_outputs, split_optimization
-from trainer.device import batch_size_of, move_to_device
+from trainer.device import batch_size_of, batches_on_device
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -186,19 +184,20 @@ def _sweep(
     lrs: list[float] = []
     losses: list[float] = []
     smoothed, best = 0.0, math.inf
-    for step, batch in zip(range(num_steps), _endless(trainer.train_loader), strict=False):
+    # The loop's own pieces: batches cast to the precision's input type, the step as DDP
+    # wraps it (so gradients are averaged over ranks), unscaling and clipping.
+    batches = batches_on_device(
+        _endless(trainer.train_loader), trainer.device, precision.input_dtype
+    )
+    for step, batch in zip(range(num_steps), batches, strict=False):
         lr = min_lr * (max_lr / min_lr) ** (step / (num_steps - 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = move_to_device(batch, trainer.device)
         trainer._logs.batch_size = batch_size_of(batch) or 1
         with precision.autocast():
-            loss = as_step_outputs(trainer.training_step(batch, step))["loss"]
+            loss = as_step_outputs(trainer._training_step(batch, step))["loss"]
         precision.backward(loss)
-        precision.unscale(optimizer)
-        if trainer.gradient_clip_val is not None:
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(parameters, trainer.gradient_clip_val)
+        trainer._clip_gradients(optimizer)
         precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         value = float(loss.detach())  # a host sync per step; a sweep is short

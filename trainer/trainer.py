@@ -441,10 +441,8 @@ class Trainer:
         optimizer = self.optimizer
         if window < self.accumulate_grad_batches:  # a short last window: undo the 1/N scaling
             _scale_gradients(optimizer, self.accumulate_grad_batches / window)
-        self.precision.unscale(optimizer)
-        if self.gradient_clip_val is not None:
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            norm = nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
+        norm = self._clip_gradients(optimizer)
+        if norm is not None:
             self._logs.step["train/grad_norm"] = norm
         elif self.log_grad_norm and (self.state.global_step + 1) % self.log_every_n_steps == 0:
             # Only on log steps: the norm is a reduction over every gradient.
@@ -461,6 +459,14 @@ class Trainer:
         self.state.global_step += 1
         if self.state.global_step % self.log_every_n_steps == 0:
             self._log_step_figures()
+
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """Unscale the gradients; clip them to `gradient_clip_val` and return their norm."""
+        self.precision.unscale(optimizer)
+        if self.gradient_clip_val is None:
+            return None
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        return nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
 
     def _finish_epoch(self) -> None:
         """Mark the epoch's batches as all consumed (an empty loader is an error)."""

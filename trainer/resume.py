@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint import capture_rng_states, find_checkpoint, restore_rng_states
+from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.sampling import ResumableSampler, check_same_data, data_position, why_not_resumable
 
 if TYPE_CHECKING:
@@ -53,17 +53,11 @@ def run_checkpoint(
     }
 
 
-def restore_run(trainer: Trainer, ckpt_path: str | Path) -> dict[str, Any] | None:
-    """Put the checkpoint `ckpt_path` names back into `trainer`; return it, or None if none.
+def restore_run(trainer: Trainer, path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Put `checkpoint`, loaded from `path`, back into `trainer`; return it.
 
     The data position is used when the first epoch starts; everything else is restored here.
     """
-    found = find_checkpoint(ckpt_path, trainer.checkpoint_dir)
-    if found is None:
-        if trainer.is_global_zero:
-            print(f"No checkpoint in {trainer.checkpoint_dir} yet; starting from scratch.")
-        return None
-    path, checkpoint = found
     distributed = trainer.distributed
     distributed.load_model_state(trainer.model, checkpoint["model"], path)
     if checkpoint["state"]["batches_in_epoch"]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.background import wait_for_pending_writes
+from trainer.background import raise_pending_failures, wait_for_pending_writes
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.defaults import assemble_callbacks
@@ -25,7 +25,7 @@ from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
-from trainer.checkpoint import CheckpointError, export_weights, find_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, export_weights, save_checkpoint
 from trainer.checks import (
     NanPolicy,
     as_distributed,
@@ -54,6 +54,7 @@ from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, resumed_batches, run_checkpoint, warn_if_inexact_mid_epoch
+from trainer.run_folder import RunFolder
 from trainer.sampling import ResumableSampler, length_or_none, set_sampler_epoch
 from trainer.state import TrainState
 
@@ -70,6 +71,7 @@ class Trainer:
     The loop, with every hook where it fires::
 
         fit(ckpt_path):
+            choose log_dir: a new run_dir/version_N, or the folder of the run ckpt_path continues
             restore the checkpoint, if any            -> on_load_checkpoint
             on_fit_start
             while epochs and steps remain and not should_stop:
@@ -88,7 +90,7 @@ class Trainer:
                                       # loss, lr, samples/s, grad norm when clipped or asked
                     on_train_batch_end(outputs, batch, batch_idx)
                     leave the epoch if should_stop or max_steps is reached
-                    on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
+                    on SIGTERM/SIGINT: save a checkpoint here, raise TrainingInterrupted
                     (several ranks agree on should_stop and signals at log steps and epoch ends)
                 if val_loader:
                     on_validation_start
@@ -169,6 +171,7 @@ class Trainer:
         if optimizer is not None:
             self._set_optimization(optimizer, scheduler)
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
+        self._run_folder = RunFolder(self.run_dir)
         self.state = TrainState()
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
@@ -214,9 +217,14 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
-    def checkpoint_dir(self) -> Path:
-        """Where the run's checkpoints live: `run_dir/checkpoints`."""
-        return self.run_dir / "checkpoints"
+    def log_dir(self) -> Path | None:
+        """This run's folder, `run_dir/version_N`: chosen when `fit` starts, None before."""
+        return self._run_folder.log_dir
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where this run's checkpoints live: `log_dir/checkpoints` (None before `fit`)."""
+        return self.log_dir / "checkpoints" if self.log_dir is not None else None
 
     @property
     def is_global_zero(self) -> bool:
@@ -291,11 +299,11 @@ class Trainer:
             self.train_loader, pin_memory=self.device.type == "cuda"
         )
         self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
-        if ckpt_path is not None:
-            checkpoint = restore_run(self, ckpt_path)
-            if checkpoint is not None:
-                self._resume_point = checkpoint
-                self.callbacks.call("on_load_checkpoint", self, checkpoint)
+        found = self._run_folder.start(ckpt_path, self.distributed)
+        if found is not None:
+            checkpoint = restore_run(self, *found)
+            self._resume_point = checkpoint
+            self.callbacks.call("on_load_checkpoint", self, checkpoint)
         history: list[dict[str, float]] = []
         with _kept_module_modes(self.model), self._preemption:
             if not self.model.training:
@@ -518,6 +526,7 @@ class Trainer:
 
     def _send_to_loggers(self, figures: dict[str, float]) -> None:
         """`on_log`, on rank 0 only: one process writes what all of them do."""
+        raise_pending_failures()  # a save that failed in the background stops the run here
         if self.is_global_zero:
             self.callbacks.call("on_log", self, figures, self.state.global_step)
 
@@ -596,9 +605,9 @@ class Trainer:
     def _load_weights(self, ckpt_path: str | Path | None) -> None:
         if ckpt_path is None:
             return
-        found = find_checkpoint(ckpt_path, self.checkpoint_dir)
+        found = self._run_folder.find(ckpt_path)
         if found is None:
-            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} to load.")
+            raise CheckpointError(f"no checkpoint in {self.run_dir} to load.")
         self.distributed.load_model_state(self.model, found[1]["model"], found[0])
 
     # -------------------------------------------------------------------------- set-up helpers

@@ -25,7 +25,14 @@ from trainer.checkpoint import (
 if TYPE_CHECKING:
     from trainer.distributed import Distributed
 
-__all__ = ["RunFolder", "claim_new_version", "find_in_run", "run_homes"]
+__all__ = [
+    "VERSION_PREFIX",
+    "RunFolder",
+    "claim_new_version",
+    "find_in_run",
+    "home_of",
+    "run_homes",
+]
 
 VERSION_PREFIX = "version_"
 Found = tuple[Path, dict[str, Any]]

@@ -144,7 +144,8 @@ def plot(run_dir: Path, path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes_grid = figure.subplots(2, 3, sharex=True, sharey=True).flat
     for axes, name in zip(axes_grid, names, strict=False):
-        folder = run_dir / name.replace(" ", "_")
+        runs = (run_dir / name.replace(" ", "_")).glob("version_*")
+        folder = max(runs, key=lambda run: int(run.name.removeprefix("version_")))  # newest
         for tag, label in (("train/loss_epoch", "training loss"), ("val/loss", "validation")):
             steps, values = read_scalars(folder, tag)
             axes.plot(steps, values, label=label)

@@ -288,7 +288,11 @@ class Trainer:
         """Train until `max_epochs` or `max_steps`; `ckpt_path` resumes a saved run.
 
         Returns one record per epoch: `epoch`, the epoch means of training figures such as
-        `train/loss`, the validation figures and the learning rate.
+        `train/loss`, the validation figures and the learning rate. The run's folder
+        (`log_dir`) is chosen here: a new `run_dir/version_N`, or the one `ckpt_path` continues.
+
+        Raises:
+            TrainingInterrupted: on SIGINT/SIGTERM, once a checkpoint to resume from is saved.
         """
         if self.train_loader is None:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")

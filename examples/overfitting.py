@@ -126,10 +126,11 @@ def run(fix: str | None, epochs: int, run_dir: Path) -> dict[str, float]:
 
 
 def read_scalars(run_dir: Path, tag: str) -> tuple[list[int], list[float]]:
-    """A TensorBoard tag's (steps, values), read back from a run's event files."""
+    """A TensorBoard tag's (steps, values), read back from the newest run of `run_dir`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    newest = max(run_dir.glob("version_*"), key=lambda run: int(run.name.split("_")[1]))
+    events = EventAccumulator(str(newest), size_guidance={"scalars": 0}).Reload()
     scalars = events.Scalars(tag)
     return [point.step for point in scalars], [point.value for point in scalars]
 

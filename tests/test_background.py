@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from conftest import REPO_ROOT, make_trainer
 
 from trainer import Trainer
 from trainer.background import after_pending_writes, wait_for_pending_writes
+from trainer.callbacks import Callback, ModelCheckpoint
 from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -67,9 +69,9 @@ def test_a_process_that_exits_after_a_save_without_waiting_still_lands_it(
     assert torch.equal(load_checkpoint(target)["w"], torch.ones(1_000_000))
 
 
-def _block_checkpoint_path(run_dir: Path, name: str) -> Path:
+def _block_checkpoint_path(folder: Path, name: str) -> Path:
     """A non-empty folder where a checkpoint file must go: the rename into place fails."""
-    blocker = run_dir / "checkpoints" / name
+    blocker = folder / name
     blocker.mkdir(parents=True)
     (blocker / "keep.txt").write_text("in the way")
     return blocker
@@ -78,11 +80,12 @@ def _block_checkpoint_path(run_dir: Path, name: str) -> Path:
 def test_a_rename_that_fails_in_the_background_fails_fit_and_keeps_earlier_files(
     run_dir: Path,
 ) -> None:
-    trainer = make_trainer(run_dir, checkpoint=True)  # 5 steps an epoch, 2 epochs
-    _block_checkpoint_path(run_dir, "last-epoch=1-step=10.ckpt")
+    folder = run_dir / "checkpoints"
+    # 5 steps an epoch, 2 epochs
+    trainer = make_trainer(run_dir, checkpoint=ModelCheckpoint(dirpath=folder))
+    _block_checkpoint_path(folder, "last-epoch=1-step=10.ckpt")
     with pytest.raises(CheckpointError, match=r"could not save checkpoint .*step=10\.ckpt"):
         trainer.fit()
-    folder = run_dir / "checkpoints"
     assert sorted(path.name for path in folder.iterdir()) == [
         "last-epoch=0-step=5.ckpt",
         "last-epoch=1-step=10.ckpt",  # still the folder that was in the way
@@ -101,9 +104,47 @@ class FailsInSecondEpoch(Trainer):
 def test_a_failed_background_save_is_reported_without_hiding_the_runs_own_error(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    trainer = make_trainer(run_dir, trainer_class=FailsInSecondEpoch, checkpoint=True)
-    _block_checkpoint_path(run_dir, "last-epoch=0-step=5.ckpt")
+    folder = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=folder)
+    trainer = make_trainer(run_dir, trainer_class=FailsInSecondEpoch, checkpoint=checkpoint)
+    _block_checkpoint_path(folder, "last-epoch=0-step=5.ckpt")
     with pytest.raises(RuntimeError, match="a bug in the second epoch"):
         trainer.fit()
     assert "could not save checkpoint" in capsys.readouterr().err
     assert not [path for path in (run_dir / "checkpoints").iterdir() if path.is_file()]
+
+
+class SlowSteps(Callback):
+    """A few milliseconds a batch: a rename in the background is long done by the next step."""
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        time.sleep(0.01)
+
+
+def test_a_rename_that_fails_in_the_background_stops_fit_at_the_next_log_step(
+    run_dir: Path,
+) -> None:
+    folder = run_dir / "checkpoints"
+    _block_checkpoint_path(folder, "last-epoch=0-step=5.ckpt")
+    trainer = make_trainer(
+        run_dir, checkpoint=ModelCheckpoint(dirpath=folder), max_epochs=4, log_every_n_steps=1,
+        callbacks=[SlowSteps()],
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*step=5\.ckpt"):
+        trainer.fit()
+    # Raised in the second epoch, where training was, not when fit ended at step 20.
+    assert 5 < trainer.global_step < 10
+
+
+def test_the_next_save_raises_an_earlier_background_failure_before_writing(
+    tmp_path: Path,
+) -> None:
+    blocked = _block_checkpoint_path(tmp_path, "first.ckpt")
+    save_checkpoint({"w": torch.ones(3)}, blocked, wait=False)
+    finished = threading.Event()
+    after_pending_writes(finished.set)  # runs once the failing rename has run
+    assert finished.wait(timeout=30)
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*first\.ckpt"):
+        save_checkpoint({"w": torch.ones(3)}, tmp_path / "second.ckpt")
+    assert not (tmp_path / "second.ckpt").exists()
+    wait_for_pending_writes()  # raised once, not again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
@@ -67,7 +68,7 @@ def leftover_temporaries(folder: Path) -> list[Path]:
 def fit_three_epochs(run_dir: Path) -> list[Path]:
     """Train 3 epochs with the default checkpoint; return its files, newest first."""
     make_trainer(run_dir, checkpoint=True, max_epochs=3).fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     # Only finished files, rotated to the two newest: no temporaries, no older states.
     names = sorted(path.name for path in folder.iterdir())
     assert names == ["last-epoch=1-step=10.ckpt", "last-epoch=2-step=15.ckpt"]
@@ -159,7 +160,7 @@ def test_a_save_that_cannot_be_written_is_refused_and_keeps_earlier_files(
     run_dir: Path, break_target: Callable[[Path], Path]
 ) -> None:
     trainer = make_trainer(run_dir)
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     trainer.save_checkpoint(folder / "last-epoch=0-step=5.ckpt")
     target = break_target(folder)
     before = {path.name: path.is_file() and path.read_bytes() for path in folder.iterdir()}
@@ -218,6 +219,12 @@ def _torch_saved_weights(folder: Path) -> Path:
     return folder / "weights.pt"
 
 
+def _torch_saved_legacy_pickle(folder: Path) -> Path:
+    path = folder / "weights.pt"
+    torch.save(make_mlp().state_dict(), path, _use_new_zipfile_serialization=False)
+    return path
+
+
 def _exported_weights(folder: Path) -> Path:
     return export_weights(make_mlp(), folder / "weights.safetensors")
 
@@ -252,13 +259,17 @@ def _newer_format(folder: Path) -> Path:
     [
         (_missing, r"nope\.ckpt does not exist"),
         (_a_folder, r"is a folder; pass a \.ckpt file"),
-        (_torch_saved_weights, r"weights\.pt is truncated or not a checkpoint"),
+        (_torch_saved_weights, r"weights\.pt is a torch\.save/pickle file; only trainer"),
+        (_torch_saved_legacy_pickle, r"weights\.pt is a torch\.save/pickle file.*load_state_dict"),
         (_exported_weights, "is a safetensors file but not a trainer checkpoint"),
         (_truncated, "is truncated or not a checkpoint"),
         (_bit_flipped, "is corrupted: its checksum does not match"),
         (_newer_format, r"newer than this trainer reads.*upgrade trainer"),
     ],
-    ids=["missing", "folder", "torch-save", "exported-weights", "truncated", "bit-flip", "newer"],
+    ids=[
+        "missing", "folder", "torch-save", "legacy-pickle", "exported-weights", "truncated",
+        "bit-flip", "newer",
+    ],
 )
 def test_an_unusable_checkpoint_path_is_refused_saying_why(
     run_dir: Path, tmp_path: Path, make_path: Callable[[Path], Path], reason: str
@@ -301,7 +312,7 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(
     run_dir: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "code-ran"
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
     pickled = folder / "last-epoch=9-step=999.ckpt"
     with pickled.open("wb") as file:
@@ -310,7 +321,7 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(
     torch.save({"model": WritesMarker(marker)}, torch_saved)
 
     for path in (pickled, torch_saved):
-        with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        with pytest.raises(CheckpointError, match=r"is a torch\.save/pickle file"):
             make_trainer(run_dir).fit(ckpt_path=path)
     with pytest.raises(CheckpointError, match="no valid checkpoint"):
         make_trainer(run_dir).fit(ckpt_path="last")
@@ -353,7 +364,7 @@ def test_last_without_a_checkpoint_starts_fresh_with_a_notice(
     trainer = trainer_factory(checkpoint=True)
     history = trainer.fit(ckpt_path="last")
     notice = capsys.readouterr().out
-    assert f"No checkpoint in {run_dir / 'checkpoints'} yet; starting from scratch." in notice
+    assert f"No checkpoint in {run_dir} yet; starting from scratch." in notice
     assert len(history) == 2
     assert trainer.global_step == 10
 
@@ -371,7 +382,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
         data = data[: len(data) * int(damage.split("-")[1]) // 100]
     newest.write_bytes(data)
 
-    path, checkpoint = find_checkpoint("last", run_dir / "checkpoints")
+    path, checkpoint = find_checkpoint("last", run_dir / "version_0" / "checkpoints")
     assert path == previous
     assert checkpoint["state"]["global_step"] == 10
     assert f"Skipping checkpoint {newest}" in capsys.readouterr().err
@@ -387,7 +398,7 @@ def test_last_falls_back_to_a_ranked_checkpoint_of_the_same_step(
     """The contract: "last" is the newest *valid* checkpoint of run_dir, ranked ones included."""
     ranked = ModelCheckpoint(monitor="train/loss", save_top_k=-1)
     trainer_factory(callbacks=[ranked], max_epochs=2).fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     newest = folder / "last-epoch=1-step=10.ckpt"
     newest.write_bytes(newest.read_bytes()[:100])
     assert find_checkpoint("last", folder)[0] == folder / "epoch=1-step=10.ckpt"
@@ -474,7 +485,7 @@ def test_early_stopping_state_round_trips_through_the_checkpoint(
 ) -> None:
     stopper = EarlyStopping(patience=5)
     trainer_factory(checkpoint=True, max_epochs=3, callbacks=[stopper]).fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=2-step=15.ckpt")
+    saved = load_checkpoint(run_dir / "version_0" / "checkpoints" / "last-epoch=2-step=15.ckpt")
     assert saved["callbacks"]["EarlyStopping"] == stopper.state_dict()
     assert stopper.best_epoch is not None
 
@@ -489,7 +500,8 @@ def test_two_callbacks_of_one_class_keep_separate_states(
     on_loss = EarlyStopping(monitor="val/loss", patience=5)
     on_acc = EarlyStopping(monitor="val/acc", mode="max", patience=5)
     trainer_factory(checkpoint=True, callbacks=[on_loss, on_acc]).fit()
-    states = load_checkpoint(run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt")["callbacks"]
+    saved = run_dir / "version_0" / "checkpoints" / "last-epoch=1-step=10.ckpt"
+    states = load_checkpoint(saved)["callbacks"]
     assert states["EarlyStopping"] == on_loss.state_dict()
     assert states["EarlyStopping_2"] == on_acc.state_dict()
 
@@ -511,3 +523,96 @@ def test_exported_weights_load_into_a_fresh_model(run_dir: Path, tmp_path: Path)
     fresh.load_state_dict(load_file(str(path)))
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------- well-formed but not a run
+def _without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda saved: {name: part for name, part in saved.items() if name != key}
+
+
+def _state_without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda saved: saved | {"state": _without(key)(saved["state"])}
+
+
+@pytest.mark.parametrize(
+    ("malform", "reason"),
+    [
+        (_without("state"), "missing state"),
+        (lambda saved: {"model": saved["model"]}, "missing optimizer, scheduler, precision"),
+        (lambda saved: saved | {"state": [1, 2]}, "state is a list, not a dict"),
+        (lambda saved: saved | {"model": "weights"}, "model is a str, not a dict"),
+        (_state_without("global_step"), "missing state.global_step"),
+        (lambda saved: [saved["model"]], "it is a list, not a dict"),
+    ],
+    ids=["no-state", "model-only", "state-list", "model-str", "no-global-step", "a-list"],
+)
+def test_a_checkpoint_with_a_valid_checksum_but_missing_parts_is_refused_naming_the_file(
+    run_dir: Path, tmp_path: Path, malform: Callable[[Any], Any], reason: str
+) -> None:
+    good = make_trainer(run_dir).save_checkpoint(tmp_path / "good.ckpt")
+    bad = save_checkpoint(malform(load_checkpoint(good)), tmp_path / "bad.ckpt")
+    expected = f"checkpoint {bad} is not a run checkpoint of this trainer: .*{reason}"
+    with pytest.raises(CheckpointError, match=expected):
+        make_trainer(run_dir).fit(ckpt_path=bad)
+    with pytest.raises(CheckpointError, match=expected):
+        make_trainer(run_dir).validate(ckpt_path=bad)
+
+
+def test_last_skips_a_malformed_newest_checkpoint_for_the_previous_one(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_trainer(run_dir, checkpoint=True).fit()
+    folder = run_dir / "version_0" / "checkpoints"
+    saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
+    bad = save_checkpoint({"model": saved["model"]}, folder / "last-epoch=2-step=15.ckpt")
+    resumed = make_trainer(run_dir, checkpoint=True, max_epochs=3)
+    resumed.fit(ckpt_path="last")
+    assert f"Skipping checkpoint {bad}: checkpoint {bad} is not a run checkpoint" in (
+        capsys.readouterr().err
+    )
+    assert resumed.global_step == 15  # resumed at step 10, then trained the third epoch
+    assert resumed.log_dir == run_dir / "version_0"
+
+
+def test_a_checkpoint_nested_too_deeply_to_read_is_a_checkpoint_error(tmp_path: Path) -> None:
+    depth = 100_000
+    text = "[" * depth + "]" * depth
+    path = tmp_path / "deep.ckpt"
+    metadata = {
+        "format": "trainer-checkpoint",
+        "format_version": str(FORMAT_VERSION),
+        "content": text,
+        "crc32": checkpoint_module._crc32(text, {}),
+    }
+    save_file({}, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} nests its contents too deeply"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        find_checkpoint("last", tmp_path)
+
+
+# ------------------------------------------------------------------------- stale temporaries
+def test_fit_removes_temporary_files_of_dead_writers_and_keeps_live_ones(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname().replace(".", "_")
+    name = ".last-epoch=0-step=5.ckpt"
+    of_dead = folder / f"{name}.{dead.pid}@{host}.k2j4h5g1.tmp"
+    of_this_process = folder / f"{name}.{os.getpid()}@{host}.a8s7d6f5.tmp"  # not in flight
+    of_a_live_process = folder / f"{name}.{os.getppid()}@{host}.q1w2e3r4.tmp"
+    of_another_host = folder / f"{name}.{dead.pid}@elsewhere.z9x8c7v6.tmp"
+    of_an_older_trainer = folder / f"{name}.abcdefgh.tmp"
+    for path in (of_dead, of_this_process, of_a_live_process, of_another_host, of_an_older_trainer):
+        path.write_bytes(b"half a checkpoint")
+
+    make_trainer(run_dir, checkpoint=ModelCheckpoint(dirpath=folder), max_epochs=1).fit()
+    assert not of_dead.exists() and not of_this_process.exists()
+    assert of_a_live_process.exists() and of_another_host.exists()
+    assert of_an_older_trainer.exists()  # names no writer: left alone
+    notice = f"removed 2 temporary file(s) of interrupted saves from {folder}"
+    assert notice in capsys.readouterr().err
+    assert (folder / "last-epoch=0-step=5.ckpt").is_file()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from trainer.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "digits_mlp.yaml"
@@ -48,11 +53,13 @@ def test_fit_prints_a_summary_and_writes_events(fitted_run: tuple) -> None:
     assert result.returncode == 0, result.stderr
     assert "trained:       2 epochs" in result.stdout
     assert "final metrics: train/loss" in result.stdout and "val/acc" in result.stdout
-    assert f"run files:     {run_dir.resolve()}" in result.stdout
-    assert f"tensorboard --logdir {run_dir.resolve()}" in result.stdout
-    assert list(run_dir.rglob("events.out.tfevents.*"))
-    assert len(list((run_dir / "checkpoints").glob("last-epoch=1-step=*.ckpt"))) == 1
-    saved = (run_dir / "config.yaml").read_text()
+    run = run_dir.resolve() / "version_0"
+    assert f"run files:     {run} (config.yaml" in result.stdout
+    assert f"tensorboard --logdir {run_dir.resolve()}\n" in result.stdout
+    assert f"trainer plot {run}\n" in result.stdout
+    assert list(run.glob("events.out.tfevents.*"))
+    assert len(list((run / "checkpoints").glob("last-epoch=1-step=*.ckpt"))) == 1
+    saved = (run / "config.yaml").read_text()
     assert "max_epochs: 2" in saved and "T_max: 2" in saved
 
 
@@ -65,7 +72,7 @@ def test_validate_reports_metrics_of_the_last_checkpoint(fitted_run: tuple) -> N
 
 def test_test_reruns_a_run_from_its_saved_config(fitted_run: tuple) -> None:
     run_dir, _ = fitted_run
-    saved = run_dir / "config.yaml"
+    saved = run_dir / "version_0" / "config.yaml"
     result = run_cli("test", "-c", saved, "--trainer.progress_bar=false", "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr
     assert "test/loss" in result.stdout and "test/acc" in result.stdout
@@ -157,3 +164,43 @@ def test_a_diverging_run_ends_with_one_error_line_naming_the_step(tmp_path: Path
     assert result.returncode == 1
     assert "error: the training loss is nan at optimizer step" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fitting_twice_into_one_run_dir_keeps_both_runs_in_numbered_folders(
+    tmp_path: Path,
+) -> None:
+    for _ in range(2):
+        result = run_cli("fit", *job_args(tmp_path, "--trainer.max_epochs", "1"))
+        assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["version_0", "version_1"]
+    for run in ("version_0", "version_1"):
+        assert (tmp_path / run / "config.yaml").is_file()
+        assert (tmp_path / run / "metrics.csv").is_file()
+        assert len(list((tmp_path / run / "checkpoints").glob("last-epoch=0-*.ckpt"))) == 1
+    assert f"run files:     {tmp_path.resolve() / 'version_1'}" in result.stdout
+
+
+def test_ctrl_c_ends_fit_with_130_and_the_command_that_resumes_exactly_this_run(
+    tmp_path: Path,
+) -> None:
+    overrides = ["--trainer.max_epochs", "1000", "--callbacks.0.patience", "1000"]
+    command = [sys.executable, "-m", "trainer", "fit", *map(str, job_args(tmp_path, *overrides))]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    folder = tmp_path / "version_0" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("last-*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr.decode()
+    printed = stderr.decode().split("interrupted; resume this run with:\n")[1].strip()
+    resume = shlex.split(printed)
+    saved = Path(resume[resume.index("--ckpt_path") + 1])
+    assert saved.parent == folder.resolve() and saved.is_file()
+    assert resume[:2] == ["trainer", "fit"] and resume[2:-2] == command[4:]
+    # Pasted (with an end in sight), it continues this run in its folder.
+    stop_at = load_checkpoint(saved)["state"]["epoch"] + 1
+    again = run_cli(*resume[1:], "--trainer.max_epochs", str(stop_at))
+    assert again.returncode == 0, again.stderr
+    assert f"trained:       {stop_at} epochs" in again.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["version_0"]

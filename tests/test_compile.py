@@ -72,7 +72,7 @@ def test_a_compiled_runs_checkpoint_loads_into_an_uncompiled_model_and_back(
     compiled = make_trainer(run_dir, compile={"backend": backend}, checkpoint=True)
     compiled.fit()
     assert backend.compilations >= 1
-    path, saved = find_checkpoint("last", run_dir / "checkpoints")
+    path, saved = find_checkpoint("last", run_dir / "version_0" / "checkpoints")
     plain_names = list(make_mlp().state_dict())
     assert list(saved["model"]) == plain_names  # no "_orig_mod." prefixes
 

@@ -21,9 +21,10 @@ def test_the_default_job_reaches_97_percent_and_logs_its_dashboards(tmp_path: Pa
     assert max(record["val/acc"] for record in history) >= 0.97
     assert history[-1]["val/acc"] >= 0.97
 
-    events = EventAccumulator(str(tmp_path))
+    assert trainer.log_dir == tmp_path / "version_0"
+    events = EventAccumulator(str(trainer.log_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/acc", "lr"} <= tags
     assert len(events.Scalars("val/acc")) == len(history)
-    assert list((tmp_path / "checkpoints").glob("last-*.ckpt"))
+    assert list(trainer.checkpoint_dir.glob("last-*.ckpt"))

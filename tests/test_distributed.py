@@ -288,7 +288,8 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
     assert stopped.returncodes == [143, 143], "\n".join(stopped.outputs)
     last_steps = [int(stopped.lines(rank, "STEP")[-1][3]) for rank in (0, 1)]
     assert last_steps[0] == last_steps[1] >= step
-    saved = load_checkpoint(next((tmp_path / "checkpoints").glob(f"*step={last_steps[0]}.ckpt")))
+    folder = tmp_path / "version_0" / "checkpoints"
+    saved = load_checkpoint(next(folder.glob(f"*step={last_steps[0]}.ckpt")))
     assert saved["state"]["global_step"] == last_steps[0]
     assert "Received signal 15" in stopped.outputs[0]
     _run(tmp_path, "--resume")
@@ -334,7 +335,8 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_other_rank_count
     _assert_close(expected, load_checkpoint(sharded / "final.ckpt"), 1e-5, "FSDP, 2 ranks")
     # The epoch-end checkpoint of the 2-rank FSDP run holds whole tensors: one plain process
     # picks it up (weights and optimizer state) and ends where one process alone ends.
-    halfway = sharded / "checkpoints" / f"last-epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
+    folder = sharded / "version_0" / "checkpoints"
+    halfway = folder / f"last-epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
     assert set(load_checkpoint(halfway)["optimizer"]["state"]) == set(expected["model"])
     resumed = tmp_path / "one_process_from_fsdp"
     _run_in_this_process(resumed, "--batch-size", "16", "--dropout", "0", "--ckpt-path",
@@ -360,11 +362,13 @@ def test_trainer_fit_runs_under_torchrun_unchanged_and_only_rank_0_writes(
     job = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=environment)
     assert job.returncode == 0, job.stdout + job.stderr
     assert job.stdout.count("trained:") == 1
-    assert (tmp_path / "config.yaml").is_file()
-    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    run = tmp_path / "version_0"  # one run folder, chosen by rank 0 for both ranks
+    assert [path.name for path in tmp_path.iterdir()] == ["version_0"]
+    assert (run / "config.yaml").is_file()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
     per_rank = -(-len(digits.train_loader().dataset) // 2)
     steps = -(-per_rank // 64)
-    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == [
+    assert [path.name for path in (run / "checkpoints").iterdir()] == [
         f"last-epoch=0-step={steps}.ckpt"
     ]
 

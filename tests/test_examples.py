@@ -169,7 +169,8 @@ def test_an_example_runs_as_python_examples_name(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "learned weight 2.00" in result.stdout
-    assert list((tmp_path / "runs" / "linear_regression").glob("events.out.tfevents.*"))
+    run = tmp_path / "runs" / "linear_regression" / "version_0"
+    assert list(run.glob("events.out.tfevents.*"))
 
 
 # Overrides that keep each config's run to a second or two; the lesson is checked above.

@@ -223,8 +223,8 @@ def test_given_hparams_replace_the_defaults(trainer_factory: Callable) -> None:
 
 def test_logger_true_means_tensorboard_and_csv(trainer_factory: Callable, run_dir: Path) -> None:
     trainer_factory(logger=True, max_epochs=1).fit()
-    assert list(run_dir.glob("events.out.tfevents.*"))
-    assert (run_dir / "metrics.csv").is_file()
+    assert list((run_dir / "version_0").glob("events.out.tfevents.*"))
+    assert (run_dir / "version_0" / "metrics.csv").is_file()
 
 
 @pytest.mark.parametrize(
@@ -267,8 +267,8 @@ def test_only_rank_zero_writes_logs_and_prints_progress(tmp_path: Path) -> None:
     assert result.stdout.count("Epoch 1/2") == 1, result.stdout
     assert "rank 0 is_global_zero=True" in result.stdout
     assert "rank 1 is_global_zero=False" in result.stdout
-    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(list((tmp_path / "run" / "version_0").glob("events.out.tfevents.*"))) == 1
+    rows = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()
     # each rank trains on its half: 20 samples, 3 batches of 8 per epoch
     assert [row.split(",")[0] for row in rows[1:]] == ["3", "6"]
 

@@ -173,7 +173,8 @@ def test_lr_find_command_prints_the_suggestion_and_writes_the_plot(
     assert f"use it:        trainer fit --config {config} --optimizer.lr {suggestion}\n" in out
     assert (tmp_path / "lr_find.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "lr_find.csv").read_text().startswith("lr,loss,raw_loss")
-    assert not (tmp_path / "checkpoints").exists()  # a sweep is not a run: nothing saved
+    # A sweep is not a run: no run folder, nothing saved.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["lr_find.csv", "lr_find.png"]
 
 
 def test_lr_find_command_reports_a_bad_range_in_one_line(

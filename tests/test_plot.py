@@ -20,8 +20,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def trained(trainer_factory: Callable, run_dir: Path) -> Path:
     """A 3-epoch run with the default loggers, logging every 2 steps."""
-    trainer_factory(logger=True, max_epochs=3, log_every_n_steps=2).fit()
-    return run_dir
+    trainer = trainer_factory(logger=True, max_epochs=3, log_every_n_steps=2)
+    trainer.fit()
+    return trainer.log_dir
 
 
 def test_read_metrics_returns_each_column_without_empty_cells(trained: Path) -> None:
@@ -50,7 +51,7 @@ def test_plot_of_several_param_groups_and_an_own_output_path(
         lr=0.1,
     )
     trainer_factory(model, optimizer=optimizer, logger=True, max_epochs=2).fit()
-    assert {"lr/group0", "lr/group1"} <= set(read_metrics(run_dir / "metrics.csv"))
+    assert {"lr/group0", "lr/group1"} <= set(read_metrics(run_dir / "version_0" / "metrics.csv"))
     path = plot_run(run_dir, tmp_path / "figures" / "run.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
 

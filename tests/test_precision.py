@@ -111,7 +111,7 @@ def test_bf16_true_checkpoints_bfloat16_weights_and_resumes(
 ) -> None:
     first = trainer_factory(precision="bf16-true", checkpoint=True, max_epochs=1)
     first.fit()
-    path, saved = find_checkpoint("last", run_dir / "checkpoints")
+    path, saved = find_checkpoint("last", run_dir / "version_0" / "checkpoints")
     assert {tensor.dtype for tensor in saved["model"].values()} == {torch.bfloat16}
 
     resumed = trainer_factory(precision="bf16-true", checkpoint=True, max_epochs=2)
@@ -147,7 +147,8 @@ def test_16_mixed_on_cpu_keeps_the_scaler_state_in_the_checkpoint(
     assert trainer.global_step == 10
     assert scaler.state_dict()["_growth_tracker"] == 10  # ten clean steps since the last growth
 
-    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt")["precision"]
+    path = run_dir / "version_0" / "checkpoints" / "last-epoch=1-step=10.ckpt"
+    saved = load_checkpoint(path)["precision"]
     assert saved == scaler.state_dict()
 
 
@@ -218,7 +219,7 @@ def test_a_skipped_step_is_counted_and_does_not_advance_the_scheduler(run_dir: P
     assert trainer.state.skipped_steps == 1
     assert trainer.scheduler.last_epoch == 4
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)
-    saved = find_checkpoint("last", run_dir / "checkpoints")[1]
+    saved = find_checkpoint("last", run_dir / "version_0" / "checkpoints")[1]
     assert saved["state"]["skipped_steps"] == 1
 
 
@@ -268,7 +269,7 @@ def test_16_mixed_on_cuda_converges_like_float32_with_a_live_scaler(
     assert dtypes.dtypes == {torch.float16}
     assert abs(trainer.metrics["val/acc"] - float32_accuracy) <= 0.03
     assert trainer.state.skipped_steps < trainer.global_step // 10
-    _, saved = find_checkpoint("last", run_dir / "checkpoints")
+    _, saved = find_checkpoint("last", run_dir / "version_0" / "checkpoints")
     assert saved["precision"]["scale"] == trainer.precision.scaler.get_scale()
 
 

@@ -57,14 +57,15 @@ def _interrupt_at(
 
 def _scalar_steps(run_dir: Path, tag: str) -> list[int]:
     """The steps of `tag` as TensorBoard shows them: all event files, purges applied."""
-    accumulator = EventAccumulator(str(run_dir))
+    accumulator = EventAccumulator(str(run_dir / "version_0"))
     accumulator.Reload()
     return [event.step for event in accumulator.Scalars(tag)]
 
 
 def _csv_steps(run_dir: Path) -> list[str]:
     """The step column of the run's CSV log, in file order."""
-    return [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    rows = (run_dir / "version_0" / "metrics.csv").read_text().splitlines()
+    return [line.split(",")[0] for line in rows]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(
     step = random.Random().randrange(3, TOTAL_STEPS - 6)
     stopped = _interrupt_at(tmp_path, 0, step, signal.SIGTERM)
     assert stopped.returncode == 143
-    saved = sorted((tmp_path / "checkpoints").glob("last-*.ckpt"))
+    saved = sorted((tmp_path / "version_0" / "checkpoints").glob("last-*.ckpt"))
     assert saved, "SIGTERM must leave a checkpoint behind"
     _run(tmp_path, 0, "--resume")
     assert_same_final_state(uninterrupted[0], tmp_path, f"SIGTERM at step {step}")
@@ -184,7 +185,7 @@ def test_signal_handlers_are_restored_when_fit_returns(run_dir: Path) -> None:
 def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:
     stopped = _interrupt_at(tmp_path, 0, 5, signal.SIGINT)
     assert stopped.returncode == 130
-    assert list((tmp_path / "checkpoints").glob("last-*.ckpt"))
+    assert list((tmp_path / "version_0" / "checkpoints").glob("last-*.ckpt"))
 
 
 class _PoisonedStep(Trainer):
@@ -211,7 +212,7 @@ def test_a_nan_loss_raises_naming_the_step_before_any_checkpoint_holds_it(run_di
     message = str(info.value)
     assert "at optimizer step 3 (epoch 0)" in message and "finite up to step 2" in message
     assert "learning rate" in message and "nan_policy='skip'" in message
-    assert not list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert not list((run_dir / "version_0" / "checkpoints").glob("*.ckpt"))
 
 
 def test_nan_policy_skip_leaves_the_bad_batch_out_and_counts_it(run_dir: Path) -> None:

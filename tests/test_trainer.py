@@ -135,11 +135,11 @@ def test_default_job_learns_the_digits(digits: Any, run_dir: Path) -> None:
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert set(history[-1]) >= {"epoch", "train/loss", "val/loss", "val/acc", "lr"}
     per_epoch = trainer.global_step // 12
-    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+    assert sorted(path.name for path in (run_dir / "version_0" / "checkpoints").iterdir()) == [
         f"last-epoch=10-step={11 * per_epoch}.ckpt",
         f"last-epoch=11-step={12 * per_epoch}.ckpt",
     ]
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list((run_dir / "version_0").glob("events.out.tfevents.*"))
 
 
 class ModeSpy(Callback):

@@ -14,6 +14,7 @@ from trainer.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
+from trainer.preemption import TrainingInterrupted
 from trainer.state import TrainState
 from trainer.trainer import Trainer, seed_everything
 
@@ -30,6 +31,7 @@ __all__ = [
     "TensorBoardLogger",
     "TrainState",
     "Trainer",
+    "TrainingInterrupted",
     "__version__",
     "seed_everything",
 ]

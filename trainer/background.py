@@ -6,7 +6,9 @@ save takes. Neither needs the loop: once the bytes are written to a temporary fi
 weights may change again. So a save writes synchronously and hands the rest to
 `after_pending_writes`, which runs jobs one after another, in the order they came, on
 short-lived threads. The threads are not daemons, so the interpreter finishes them before
-it exits; `fit` waits for them before `on_fit_end`. A process killed before a job ran
+it exits; `fit` waits for them before `on_fit_end`. A job's failure is raised on the loop's
+thread by the next save, log step or epoch end (`raise_pending_failures`), or by that wait,
+whichever comes first. A process killed before a job ran
 leaves the files as they were before the save (a temporary file is never renamed half
 written), so nothing already saved is lost.
 """
@@ -17,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["after_pending_writes", "wait_for_pending_writes"]
+__all__ = ["after_pending_writes", "raise_pending_failures", "wait_for_pending_writes"]
 
 _lock = threading.Lock()
 _newest_job: threading.Thread | None = None
@@ -59,4 +61,22 @@ def wait_for_pending_writes(*, raise_failures: bool = True) -> None:
     for failure in failures[1:] if raise_failures else failures:
         print(f"trainer: {failure}", file=sys.stderr)
     if failures and raise_failures:
+        raise failures[0]
+
+
+def raise_pending_failures() -> None:
+    """Raise the failure of a job that has already finished, without waiting for the rest.
+
+    The loop calls it at log steps and epoch ends, and every save before it writes, so a
+    failed save surfaces where training is, not when `fit` ends. With nothing failed it is
+    one check of an empty list.
+    """
+    if not _failures:
+        return
+    with _lock:
+        failures = _failures[:]
+        _failures.clear()
+    for failure in failures[1:]:
+        print(f"trainer: {failure}", file=sys.stderr)
+    if failures:
         raise failures[0]

@@ -16,9 +16,11 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,25 +29,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.background import after_pending_writes, wait_for_pending_writes
+from trainer.background import (
+    after_pending_writes,
+    raise_pending_failures,
+    wait_for_pending_writes,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "best_checkpoint",
     "capture_rng_states",
+    "check_run_checkpoint",
     "export_weights",
     "find_checkpoint",
     "last_checkpoint_name",
     "load_checkpoint",
     "load_model_weights",
+    "newest_checkpoint_files",
+    "newest_valid_checkpoint",
+    "remove_stale_temporary_files",
     "restore_rng_states",
     "rotate_last_checkpoints",
     "save_checkpoint",
 ]
 
 FORMAT_NAME = "trainer-checkpoint"
-FORMAT_VERSION = 2  # 2: a CRC-32 checksum; 1 (still read): SHA-256
-_NAME_PATTERN = re.compile(r"epoch=(\d+)-step=(\d+)")
+FORMAT_VERSION = 3  # 3: per-rank states in "ranks"; 2: a CRC-32 checksum; 1: SHA-256
+# A temporary file's name carries its writer: `.<name>.<pid>@<host>.<random>.tmp`.
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.(\d+)@(.+)\.[^.]+\.tmp$")
+_HOST = socket.gethostname().replace(".", "_")
+_in_flight: set[str] = set()  # temporary files this process is still writing or renaming
 # The checksum's place in the JSON header while the file is being written. Only the header's
 # own key can match the slot: inside the escaped `content` text, quotes carry backslashes.
 _CRC_NOT_YET = "00000000"
@@ -71,6 +85,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = T
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
+        # When it was saved: `"last"` and rotation order files by it, not by step number.
+        "saved_at_ns": str(time.time_ns()),
         "content": text,
         "crc32": _CRC_NOT_YET,
     }
@@ -115,15 +131,19 @@ def _write_atomically(path: Path, write: Callable[[str], None], wait: bool = Tru
     """`write` a temporary file now; `fsync` and rename it once earlier saves have landed.
 
     Every save queues its second half, so files land in the order they were saved, and a
-    waiting save returns only once it (and every save before it) is in place.
+    waiting save returns only once it (and every save before it) is in place. An earlier
+    save that failed in the background is raised here, before anything is written.
     """
+    raise_pending_failures()
     temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The writer's process and host in the name tell a sweep whether it is abandoned.
         handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp"
         )
         os.close(handle)
+        _in_flight.add(temporary)
         write(temporary)
     except Exception as error:  # disk full, permissions, a folder that is a file, ...
         raise _save_error(path, temporary, error) from error
@@ -150,12 +170,14 @@ def _put_in_place(temporary: str, path: Path) -> None:
         os.replace(temporary, path)
     except Exception as error:
         raise _save_error(path, temporary, error) from error
+    _in_flight.discard(temporary)
     _fsync_folder(path.parent)
 
 
 def _save_error(path: Path, temporary: str | None, error: Exception) -> CheckpointError:
     if temporary is not None:
         Path(temporary).unlink(missing_ok=True)
+        _in_flight.discard(temporary)
     reason = getattr(error, "strerror", None) or error
     return CheckpointError(
         f"could not save checkpoint {path}: {reason}. Free disk space or fix the "
@@ -175,6 +197,41 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def remove_stale_temporary_files(folder: Path) -> int:
+    """Delete the temporary files of saves that died in `folder`; return how many.
+
+    A temporary file names its writer's process and host. It is stale when that process no
+    longer runs on this host, or is this process but no longer writing it. Files of other
+    hosts, and those of older trainers that name no writer, are left alone.
+    """
+    removed = 0
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        match = _TEMPORARY_PATTERN.match(path.name)
+        if match is None or match[2] != _HOST:
+            continue
+        pid = int(match[1])
+        is_stale = str(path) not in _in_flight if pid == os.getpid() else not _is_alive(pid)
+        if is_stale:
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        print(
+            f"trainer: removed {removed} temporary file(s) of interrupted saves from {folder}",
+            file=sys.stderr,
+        )
+    return removed
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor], seen: set[int]) -> Any:
@@ -263,10 +320,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as error:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or not a checkpoint "
-            f"({type(error).__name__}: {error})."
-        ) from error
+        raise _unreadable(path, error) from error
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is a safetensors file but not a trainer checkpoint.")
     version = int(metadata.get("format_version", "0"))
@@ -282,7 +336,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         is_intact = _sha256(text, tensors) == metadata.get("sha256")
     if not is_intact:
         raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not match.")
-    return _decode(json.loads(text), tensors)
+    try:
+        return _decode(json.loads(text), tensors)
+    except RecursionError as error:
+        raise CheckpointError(
+            f"checkpoint {path} nests its contents too deeply to read; it was not written "
+            "by this trainer."
+        ) from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} has malformed contents ({error}).") from error
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """Why `path` does not open as safetensors: a `torch.save` file, or a damaged one."""
+    if _is_pickle(path):
+        return CheckpointError(
+            f"{path} is a torch.save/pickle file; only trainer checkpoints load (they never "
+            "run code). To use its weights: model.load_state_dict(torch.load(path, "
+            "weights_only=True)), then pass the model to Trainer."
+        )
+    return CheckpointError(
+        f"checkpoint {path} is truncated or not a checkpoint ({type(error).__name__}: {error})."
+    )
+
+
+def _is_pickle(path: Path) -> bool:
+    """True for what `torch.save` writes: a zip archive, or a bare pickle (protocol 2-5)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    # A safetensors file may start with 0x80 too (its header's length), but then safetensors
+    # reads it; this is asked only of a file it could not read.
+    is_zip = head.startswith(b"PK\x03\x04")
+    is_bare_pickle = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return is_zip or is_bare_pickle
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -335,39 +424,101 @@ def last_checkpoint_name(epoch: int, step: int) -> str:
     return f"last-epoch={epoch}-step={step}.ckpt"
 
 
-def _newest_first(folder: Path, pattern: str = "*.ckpt") -> list[Path]:
-    """Checkpoint files by recency: optimizer step, then last-state before ranked, then mtime."""
+def newest_checkpoint_files(folder: Path, pattern: str = "*.ckpt") -> list[Path]:
+    """The checkpoint files of `folder`, most recently saved first (none loaded).
 
-    def recency(path: Path) -> tuple[int, int, bool, float]:
-        match = _NAME_PATTERN.search(path.name)
-        epoch, step = (int(match[1]), int(match[2])) if match else (-1, -1)
-        return step, epoch, path.name.startswith("last"), path.stat().st_mtime
-
+    The order is the time each file records in its header when saved (the file's mtime for
+    files that record none), never the step in its name: a run resumed from an older
+    checkpoint saves lower steps than the branch it abandoned, and its files are newer.
+    """
     files = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
-    return sorted(files, key=recency, reverse=True)
+    return sorted(files, key=_saved_at_ns, reverse=True)
+
+
+def _saved_at_ns(path: Path) -> int:
+    """When `path` was saved, from its header; its mtime if it records none or is unreadable."""
+    try:
+        with open(path, "rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        return int(header["__metadata__"]["saved_at_ns"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:  # removed meanwhile
+            return -1
+
+
+_RUN_CHECKPOINT_PARTS = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "precision": dict, "state": dict,
+    "data": dict, "callbacks": dict,
+}  # fmt: skip
+# Each rank's own states: a list per rank since format 3, rank 0's "rng" dict before.
+_RANK_PARTS = {"ranks": list, "rng": dict}
+_STATE_PARTS = {"epoch": int, "global_step": int, "batches_in_epoch": int, "metrics": dict}
+
+
+def check_run_checkpoint(checkpoint: Any, path: Path | str) -> None:
+    """Raise `CheckpointError` naming `path` unless `checkpoint` has the parts a resume reads.
+
+    The checksum proves a file is what was written, not that a trainer wrote it.
+    """
+    problems = _wrong_parts(checkpoint, _RUN_CHECKPOINT_PARTS, "")
+    if not problems and not any(
+        isinstance(checkpoint.get(key), kind) for key, kind in _RANK_PARTS.items()
+    ):
+        problems = ["missing ranks (each rank's random states)"]
+    if not problems:
+        problems = _wrong_parts(checkpoint["state"], _STATE_PARTS, "state.")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} is not a run checkpoint of this trainer: {'; '.join(problems)}."
+        )
+
+
+def _wrong_parts(value: Any, parts: dict[str, type], prefix: str) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{prefix or 'it'} is a {type(value).__name__}, not a dict"]
+    missing = [f"{prefix}{key}" for key in parts if key not in value]
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    return problems + [
+        f"{prefix}{key} is a {type(value[key]).__name__}, not a {kind.__name__}"
+        for key, kind in parts.items()
+        if key in value and not isinstance(value[key], kind)
+    ]
+
+
+def newest_valid_checkpoint(folder: Path) -> tuple[tuple[Path, dict[str, Any]] | None, list[str]]:
+    """The most recently saved run checkpoint of `folder` that loads, and why newer ones don't.
+
+    Each file skipped is named on stderr with its reason.
+    """
+    wait_for_pending_writes()
+    problems = []
+    for path in newest_checkpoint_files(folder) if folder.is_dir() else []:
+        try:
+            checkpoint = load_checkpoint(path)
+            check_run_checkpoint(checkpoint, path)
+        except CheckpointError as error:
+            problems.append(f"{path.name}: {error}")
+            print(f"Skipping checkpoint {path}: {error}", file=sys.stderr)
+            continue
+        return (path, checkpoint), problems
+    return None, problems
 
 
 def find_checkpoint(ckpt_path: str | Path, folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """Resolve `"last"`, `"best"` or a path to a loaded checkpoint; None if `"last"` finds none.
 
-    `"last"` takes the newest file in `folder` that loads and passes its checksum, telling
-    on stderr which newer files it skipped and why.
+    `"last"` takes the most recently saved file in `folder` that loads, passes its checksum
+    and holds a run's parts, telling on stderr which newer files it skipped and why.
     """
     if ckpt_path not in ("last", "best"):
-        return Path(ckpt_path), load_checkpoint(ckpt_path)
-    wait_for_pending_writes()
-    candidates = _newest_first(folder) if folder.is_dir() else []
-    problems = []
-    for path in candidates:
-        try:
-            checkpoint = load_checkpoint(path)
-        except CheckpointError as error:
-            problems.append(f"{path.name}: {error}")
-            print(f"Skipping checkpoint {path}: {error}", file=sys.stderr)
-            continue
-        if ckpt_path == "last":
-            return path, checkpoint
-        return _best_of(checkpoint, folder)
+        checkpoint = load_checkpoint(ckpt_path)
+        check_run_checkpoint(checkpoint, ckpt_path)
+        return Path(ckpt_path), checkpoint
+    found, problems = newest_valid_checkpoint(folder)
+    if found is not None:
+        return found if ckpt_path == "last" else best_checkpoint(found[1], folder)
     if problems:
         raise CheckpointError(
             f"no valid checkpoint in {folder}:\n  " + "\n  ".join(problems)
@@ -377,20 +528,24 @@ def find_checkpoint(ckpt_path: str | Path, folder: Path) -> tuple[Path, dict[str
     return None
 
 
-def _best_of(checkpoint: dict[str, Any], folder: Path) -> tuple[Path, dict[str, Any]]:
+def best_checkpoint(checkpoint: dict[str, Any], folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The best file recorded by the `ModelCheckpoint` state in `checkpoint`, loaded."""
     states = checkpoint.get("callbacks", {})
-    best = next((s["best_model_path"] for s in states.values() if s.get("best_model_path")), "")
+    recorded = [s.get("best_model_path") for s in states.values() if isinstance(s, dict)]
+    best = next((path for path in recorded if path), "")
     if not best:
         raise CheckpointError(
             f"no best checkpoint recorded in {folder}; 'best' needs a "
             "ModelCheckpoint(monitor=...) in the run that saved it."
         )
-    return Path(best), load_checkpoint(best)
+    checkpoint = load_checkpoint(best)
+    check_run_checkpoint(checkpoint, best)
+    return Path(best), checkpoint
 
 
 def rotate_last_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the `keep` newest last-state checkpoints of `folder` (only there)."""
-    for path in _newest_first(folder, "last-*.ckpt")[keep:]:
+    """Delete all but the `keep` most recently saved last-state checkpoints of `folder`."""
+    for path in newest_checkpoint_files(folder, "last-*.ckpt")[keep:]:
         path.unlink(missing_ok=True)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from trainer import commands
 from trainer.callbacks.monitor import MissingMetricError
 from trainer.config import ConfigError, build_job, config_to_yaml, load_config
+from trainer.preemption import TrainingInterrupted
 from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
@@ -103,10 +105,12 @@ def _add_lr_find_flags(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `trainer COMMAND ...`; returns the exit status: 0 done, 2 bad input, 130 interrupted.
+    """Run `trainer COMMAND ...`; returns the exit status: 0 done, 1 the run failed, 2 bad
+    input, 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
 
     Mistakes in the input are reported as one line without a traceback: the user needs the
-    key and the fix, not the frames of our code.
+    key and the fix, not the frames of our code. A run stopped by a signal prints the
+    command that resumes exactly it.
     """
     args, extras = build_parser().parse_known_args(argv)
     # As with `python -m trainer`: a config's class_path may name a module of the current
@@ -121,9 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NonFiniteLossError, MissingMetricError) as error:  # the run's own verdicts
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:  # saved a checkpoint first
+        command = _resume_command(args, extras, stop.checkpoint_path)
+        print(f"interrupted; resume this run with:\n  {command}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted; `trainer fit ... --ckpt_path last` resumes the run", file=sys.stderr)
         return 130
+
+
+def _resume_command(args: argparse.Namespace, extras: list[str], checkpoint: Path) -> str:
+    """`trainer fit` with the same configs and overrides, from exactly `checkpoint`."""
+    configs = [part for path in args.config for part in ("--config", path)]
+    words = ["trainer", "fit", *configs, *extras, "--ckpt_path", str(checkpoint)]
+    return shlex.join(words)
 
 
 def overrides_to_dotlist(args: Sequence[str]) -> list[str]:

@@ -8,15 +8,32 @@ Under torchrun every rank runs the command and rank 0 reports.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.callbacks.base import Callback
 from trainer.config import ConfigError, Job, config_to_yaml
 
 __all__ = ["RUNNERS", "fit", "lr_find", "plot", "predict", "test", "validate"]
+
+
+class SaveConfig(Callback):
+    """Write the resolved config into the run's folder (`log_dir`) once `fit` has chosen it.
+
+    The run folder then records exactly what produced it, overrides included.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.text = config_to_yaml(config)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Write `config.yaml` (rank 0 writes for all ranks)."""
+        if trainer.is_global_zero:
+            (trainer.log_dir / "config.yaml").write_text(self.text)
 
 
 def fit(job: Job, ckpt_path: str | None) -> None:
@@ -26,21 +43,20 @@ def fit(job: Job, ckpt_path: str | None) -> None:
         loaders["val_loader"] = job.data.val_loader()
     # The resolved config is the run's hyperparameters, unless the config sets its own.
     hparams = {} if "hparams" in job.trainer_kwargs else {"hparams": dict(job.config)}
+    callbacks = [*(job.trainer_kwargs.get("callbacks") or []), SaveConfig(job.config)]
+    job = dataclasses.replace(job, trainer_kwargs=job.trainer_kwargs | {"callbacks": callbacks})
     trainer = job.make_trainer(**loaders, **hparams)
-    run_dir = Path(trainer.run_dir).resolve()
-    # The run folder records exactly what produced it, overrides included.
-    if trainer.is_global_zero:  # under torchrun, rank 0 writes and reports for all ranks
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(job.config))
     history = trainer.fit(ckpt_path=ckpt_path)
-    if not trainer.is_global_zero:
+    if not trainer.is_global_zero:  # under torchrun, rank 0 reports for all ranks
         return
     final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
+    run_dir, log_dir = Path(trainer.run_dir).resolve(), Path(trainer.log_dir).resolve()
     print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
     print(f"final metrics: {_format(final, ', ')}")
-    print(f"run files:     {run_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
+    print(f"run files:     {log_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
+    # TensorBoard lists each run of run_dir by its folder: version_0, version_1, ...
     print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
-    print(f"plot them:     trainer plot {shlex.quote(str(run_dir))}")
+    print(f"plot them:     trainer plot {shlex.quote(str(log_dir))}")
 
 
 def validate(job: Job, ckpt_path: str | None) -> None:

@@ -413,6 +413,26 @@ class Distributed:
         if error is not None:
             raise error
 
+    def from_zero(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
+        """Run `function` on rank 0 only and return its (small, picklable) result on every rank.
+
+        Every rank raises when rank 0 fails, instead of waiting for it.
+        """
+        result: Any = None
+        error: Exception | None = None
+        if self.is_global_zero:
+            try:
+                result = function(*args)
+            except Exception as caught:
+                error = caught
+        if self.is_active:
+            result, failed = self.gather((result, error is not None))[0]
+            if error is None and failed:
+                raise RuntimeError(f"rank 0 failed to {what}; its error message says why.")
+        if error is not None:
+            raise error
+        return result
+
     # --------------------------------------------------------------------------- state dicts
     def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The whole model's weights (FSDP: gathered to rank 0 on the CPU; empty elsewhere)."""

@@ -12,6 +12,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from trainer.run_folder import VERSION_PREFIX, run_homes
+
 __all__ = ["PlotError", "plot_run", "read_metrics"]
 
 Series = dict[str, tuple[list[int], list[float]]]
@@ -36,9 +38,16 @@ def read_metrics(path: str | Path) -> Series:
 
 
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Draw `run_dir/metrics.csv` into a PNG (`run_dir/metrics.png` by default); return its path."""
+    """Draw a run's `metrics.csv` into a PNG (`metrics.png` beside it by default).
+
+    `run_dir` is a run's folder (`trainer.log_dir`), its CSV file, or a `run_dir` holding
+    `version_N` folders: then the newest run with a CSV is drawn.
+    """
     run_dir = Path(run_dir)
     csv_path = run_dir / "metrics.csv" if run_dir.is_dir() else run_dir
+    if run_dir.is_dir() and not csv_path.is_file():
+        runs = [home / "metrics.csv" for home in run_homes(run_dir)]
+        csv_path = next((path for path in runs if path.is_file()), csv_path)
     if not csv_path.is_file():
         raise PlotError(
             f"no metrics.csv in {run_dir}; pass the run_dir of a run trained with the CSV "
@@ -62,7 +71,7 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         _draw(axis, title, lines, series)
     for axis in axes[len(panels) :]:
         axis.set_visible(False)
-    figure.suptitle(f"{run_dir.resolve().name}: {max(max(s) for s, _ in series.values())} steps")
+    figure.suptitle(f"{_run_name(csv_path)}: {max(max(s) for s, _ in series.values())} steps")
     path = Path(output) if output is not None else csv_path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -105,3 +114,10 @@ def _draw(axis: Any, title: str, lines: list[str], series: Series) -> None:
     if title == "loss" and all(min(series[name][1]) > 0 for name in lines):
         axis.set_yscale("log")  # a falling train loss and a rising val loss stay both visible
     axis.legend(fontsize="small")
+
+
+def _run_name(csv_path: Path) -> str:
+    """`digits/version_1` for a versioned run, the folder's name otherwise."""
+    folder = csv_path.resolve().parent
+    is_version = folder.name.startswith(VERSION_PREFIX)
+    return f"{folder.parent.name}/{folder.name}" if is_version else folder.name

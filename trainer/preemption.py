@@ -1,8 +1,14 @@
-"""Preemption: turn SIGTERM / SIGINT (and SIGUSR1 under SLURM) into a clean save-and-exit.
+"""Preemption: turn SIGTERM / SIGINT (and SIGUSR1 under SLURM) into a clean save-and-stop.
 
 A handler only records the signal; the loop checks the record at the next optimizer-step
-boundary, where `save_and_exit` saves a checkpoint and exits, so a cluster's kill notice
-never loses more than the step in flight. The previous handlers come back when `fit` returns.
+boundary, where `save_and_exit` saves a checkpoint and raises `TrainingInterrupted`, so a
+cluster's kill notice never loses more than the step in flight. The previous handlers come
+back when `fit` returns.
+
+`TrainingInterrupted` is both a `KeyboardInterrupt` and a `SystemExit`: code that catches
+Ctrl-C catches it, a notebook or script may catch it and go on (the trainer stays usable),
+and left uncaught it ends the process quietly with 128 + the signal number (130 for SIGINT,
+143 for SIGTERM), the status a scheduler expects of a job it stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +27,43 @@ from trainer.checkpoint import last_checkpoint_name, rotate_last_checkpoints
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
 
-__all__ = ["PreemptionWatch", "exit_code_for", "save_and_exit"]
+__all__ = ["PreemptionWatch", "TrainingInterrupted", "exit_code_for", "save_and_exit"]
 
 
 def exit_code_for(signum: int) -> int:
     """The shell's convention: 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
     return 128 + signum
+
+
+class TrainingInterrupted(KeyboardInterrupt, SystemExit):
+    """`fit` stopped for a signal (Ctrl-C, SIGTERM) after saving a checkpoint to resume from.
+
+    Catch it to go on after Ctrl-C (the trainer object stays usable); uncaught, the process
+    exits with `exit_code`, without a traceback.
+
+    Attributes:
+        signum: the signal received.
+        checkpoint_path: the checkpoint saved at the step where training stopped.
+        exit_code: 128 + `signum`, the shell's convention (130 for SIGINT, 143 for SIGTERM).
+
+    Example:
+        >>> try:
+        ...     trainer.fit()
+        ... except TrainingInterrupted as stop:
+        ...     print("resume with", stop.checkpoint_path)
+        >>> trainer.test(test_dl, ckpt_path="last")
+    """
+
+    def __init__(self, signum: int, checkpoint_path: Path) -> None:
+        super().__init__(f"training stopped by signal {signum}; saved {checkpoint_path}")
+        self.signum = signum
+        self.checkpoint_path = checkpoint_path
+        self.code = exit_code_for(signum)  # what the interpreter exits with when uncaught
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: the exit status of a process stopped by that signal."""
+        return exit_code_for(self.signum)
 
 
 class PreemptionWatch:
@@ -66,8 +104,9 @@ class PreemptionWatch:
 
 
 def save_and_exit(trainer: Trainer, signum: int) -> None:
-    """Save the last state at this step boundary, then exit with 128 + signum."""
+    """Save the last state at this step boundary, then raise `TrainingInterrupted`."""
     checkpoint_dir, step = trainer.checkpoint_dir, trainer.state.global_step
+    assert checkpoint_dir is not None  # chosen when fit started
     path = trainer.save_checkpoint(checkpoint_dir / last_checkpoint_name(trainer.epoch, step))
     keep = max(
         (
@@ -80,10 +119,11 @@ def save_and_exit(trainer: Trainer, signum: int) -> None:
     trainer.distributed.run_on_zero(
         "remove old checkpoints", rotate_last_checkpoints, checkpoint_dir, keep
     )
+    path = path.resolve()
     if trainer.is_global_zero:
         print(
-            f"Received signal {signum}: saved {path} at optimizer step {step}. Resume with "
-            "fit(ckpt_path='last') or trainer fit ... --ckpt_path last.",
+            f"Received signal {signum}: saved {path} at optimizer step {step}. Resume this "
+            f"run with fit(ckpt_path={str(path)!r}).",
             file=sys.stderr,
         )
-    raise SystemExit(exit_code_for(signum))
+    raise TrainingInterrupted(signum, path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.checkpoint import capture_rng_states, find_checkpoint, restore_rng_states
+from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.sampling import TrainingData, check_same_data
 
 if TYPE_CHECKING:
@@ -47,18 +47,12 @@ def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[
 
 
 def restore_run(
-    trainer: Trainer, data: TrainingData, logs: LogBook, ckpt_path: str | Path
-) -> dict[str, Any] | None:
-    """Put the checkpoint `ckpt_path` names back into `trainer`; return it, or None if none.
+    trainer: Trainer, data: TrainingData, logs: LogBook, path: Path, checkpoint: dict[str, Any]
+) -> dict[str, Any]:
+    """Put `checkpoint`, loaded from `path`, back into `trainer`; return it.
 
     The data position is handed to `data`, which uses it when the first epoch starts.
     """
-    found = find_checkpoint(ckpt_path, trainer.checkpoint_dir)
-    if found is None:
-        if trainer.is_global_zero:
-            print(f"No checkpoint in {trainer.checkpoint_dir} yet; starting from scratch.")
-        return None
-    path, checkpoint = found
     distributed = trainer.distributed
     distributed.load_model_state(trainer.model, checkpoint["model"], path)
     trainer.state.load_state_dict(checkpoint["state"])

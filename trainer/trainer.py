@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.background import wait_for_pending_writes
+from trainer.background import raise_pending_failures, wait_for_pending_writes
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.defaults import assemble_callbacks
@@ -24,7 +24,7 @@ from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
-from trainer.checkpoint import CheckpointError, export_weights, find_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, export_weights, save_checkpoint
 from trainer.checks import (
     NanPolicy,
     as_distributed,
@@ -52,6 +52,7 @@ from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
+from trainer.run_folder import RunFolder
 from trainer.sampling import TrainingData, length_or_none
 from trainer.state import TrainState
 
@@ -68,6 +69,7 @@ class Trainer:
     The loop, with every hook where it fires::
 
         fit(ckpt_path):
+            choose log_dir: a new run_dir/version_N, or the folder of the run ckpt_path continues
             restore the checkpoint, if any            -> on_load_checkpoint
             or, starting from scratch, seed_everything(seed) when a seed is given
             on_fit_start
@@ -87,7 +89,7 @@ class Trainer:
                                       # loss, lr, samples/s, grad norm when clipped or asked
                     on_train_batch_end(outputs, batch, batch_idx)
                     at a step boundary, leave the epoch if should_stop or max_steps is reached
-                    on SIGTERM/SIGINT: save a checkpoint here, exit 128 + signal
+                    on SIGTERM/SIGINT: save a checkpoint here, raise TrainingInterrupted
                     (several ranks agree on should_stop and signals at log steps and epoch ends)
                 if the epoch's batches are all done (a cut-short epoch ends when resumed):
                     if val_loader:
@@ -203,6 +205,7 @@ class Trainer:
         if optimizer is not None:
             self._set_optimization(optimizer, scheduler)
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
+        self._run_folder = RunFolder(self.run_dir)
         self.state = TrainState()
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
@@ -239,9 +242,14 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
-    def checkpoint_dir(self) -> Path:
-        """Where the run's checkpoints live: `run_dir/checkpoints`."""
-        return self.run_dir / "checkpoints"
+    def log_dir(self) -> Path | None:
+        """This run's folder, `run_dir/version_N`: chosen when `fit` starts, None before."""
+        return self._run_folder.log_dir
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where this run's checkpoints live: `log_dir/checkpoints` (None before `fit`)."""
+        return self.log_dir / "checkpoints" if self.log_dir is not None else None
 
     @property
     def is_global_zero(self) -> bool:
@@ -320,7 +328,11 @@ class Trainer:
         """Train until `max_epochs` or `max_steps`; `ckpt_path` resumes a saved run.
 
         Returns one record per epoch: `epoch`, the epoch means of training figures such as
-        `train/loss`, the validation figures and the learning rate.
+        `train/loss`, the validation figures and the learning rate. The run's folder
+        (`log_dir`) is chosen here: a new `run_dir/version_N`, or the one `ckpt_path` continues.
+
+        Raises:
+            TrainingInterrupted: on SIGINT/SIGTERM, once a checkpoint to resume from is saved.
         """
         if self.train_loader is None:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")
@@ -331,10 +343,9 @@ class Trainer:
         )
         self._data = TrainingData(self.train_loader, sampler)
         self.distributed.check_loader_length(self._data.length, self.accumulate_grad_batches)
-        checkpoint = None
-        if ckpt_path is not None:
-            checkpoint = restore_run(self, self._data, self._logs, ckpt_path)
-        if checkpoint is not None:
+        found = self._run_folder.start(ckpt_path, self.distributed)
+        if found is not None:
+            checkpoint = restore_run(self, self._data, self._logs, *found)
             self.callbacks.call("on_load_checkpoint", self, checkpoint)
         elif self.seed is not None and self.state == TrainState(metrics=self.state.metrics):
             seed_everything(self.seed)  # a run from scratch; a resumed one has its own states
@@ -559,6 +570,7 @@ class Trainer:
 
     def _send_to_loggers(self, figures: dict[str, float]) -> None:
         """`on_log`, on rank 0 only: one process writes what all of them do."""
+        raise_pending_failures()  # a save that failed in the background stops the run here
         if self.is_global_zero:
             self.callbacks.call("on_log", self, figures, self.state.global_step)
 
@@ -636,9 +648,9 @@ class Trainer:
     def _load_weights(self, ckpt_path: str | Path | None) -> None:
         if ckpt_path is None:
             return
-        found = find_checkpoint(ckpt_path, self.checkpoint_dir)
+        found = self._run_folder.find(ckpt_path)
         if found is None:
-            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} to load.")
+            raise CheckpointError(f"no checkpoint in {self.run_dir} to load.")
         self.distributed.load_model_state(self.model, found[1]["model"], found[0])
 
     # -------------------------------------------------------------------------- set-up helpers

@@ -64,8 +64,8 @@ def test_default_callbacks_without_a_terminal_cost_nothing_per_step(run_dir: Pat
     assert not sys.stderr.isatty()
     trainer = make_trainer(run_dir, progress_bar=True, logger=True, checkpoint=True)
     assert per_step_calls(trainer) == []
-    assert list((run_dir / "checkpoints").glob("last-*.ckpt"))
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list((run_dir / "version_0" / "checkpoints").glob("last-*.ckpt"))
+    assert list((run_dir / "version_0").glob("events.out.tfevents.*"))
 
 
 def test_callbacks_that_need_per_step_hooks_still_get_them(run_dir: Path) -> None:
@@ -93,4 +93,4 @@ def test_callbacks_that_need_per_step_hooks_still_get_them(run_dir: Path) -> Non
     assert called.count("trainer.callbacks.model_checkpoint.on_train_batch_end") == batches
     assert called.count("trainer.callbacks.tensorboard.on_before_optimizer_step") == batches
     assert counting.batches == batches
-    assert (run_dir / "checkpoints" / "last-epoch=1-step=9.ckpt").exists()
+    assert (run_dir / "version_0" / "checkpoints" / "last-epoch=1-step=9.ckpt").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from scripted_validation import scripted_trainer
 
-from trainer import Trainer
+from trainer import Trainer, TrainingInterrupted
 from trainer.callbacks import Callback, MissingMetricError, ModelCheckpoint
 from trainer.checkpoint import load_checkpoint
 
@@ -28,7 +28,7 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
 ) -> None:
     trainer = trainer_factory(checkpoint=True)
     trainer.fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     assert files_in(folder) == ["last-epoch=0-step=5.ckpt", "last-epoch=1-step=10.ckpt"]
     saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
     assert set(saved) == {
@@ -44,7 +44,7 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
 
 def test_checkpoint_false_writes_nothing(trainer_factory: Callable, run_dir: Path) -> None:
     trainer_factory(checkpoint=False).fit()
-    assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "version_0" / "checkpoints").exists()
 
 
 def test_a_checkpoint_in_callbacks_replaces_the_default(
@@ -58,14 +58,14 @@ def test_a_checkpoint_in_callbacks_replaces_the_default(
         "last-epoch=0-step=5.ckpt",
         "last-epoch=1-step=10.ckpt",
     ]
-    assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "version_0" / "checkpoints").exists()
 
 
 def test_top_k_keeps_exactly_k_files_named_by_epoch_and_step(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=2)
     trainer = scripted_trainer(run_dir, {"loss": [0.5, 0.3, 0.4, 0.2, 0.6]}, callbacks=[checkpoint])
     trainer.fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     assert files_in(folder) == [
         "epoch=1-step=10.ckpt",
         "epoch=3-step=20.ckpt",
@@ -86,7 +86,7 @@ def test_top_k_in_mode_max_keeps_the_highest(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=1)
     script = {"loss": [1.0, 1.0, 1.0, 1.0], "acc": [0.2, 0.6, 0.4, 0.5]}
     scripted_trainer(run_dir, script, callbacks=[checkpoint]).fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     assert files_in(folder) == [
         "epoch=1-step=10.ckpt",
         "last-epoch=2-step=15.ckpt",
@@ -98,7 +98,7 @@ def test_top_k_in_mode_max_keeps_the_highest(run_dir: Path) -> None:
 def test_save_top_k_minus_one_keeps_every_epoch(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=-1, save_last=False)
     scripted_trainer(run_dir, {"loss": [0.5, 0.7, 0.6]}, callbacks=[checkpoint]).fit()
-    assert files_in(run_dir / "checkpoints") == [
+    assert files_in(run_dir / "version_0" / "checkpoints") == [
         "epoch=0-step=5.ckpt",
         "epoch=1-step=10.ckpt",
         "epoch=2-step=15.ckpt",
@@ -121,7 +121,7 @@ def test_every_n_steps_saves_mid_epoch(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(every_n_steps=2, every_n_epochs=0, keep_last=3)
     trainer = scripted_trainer(run_dir, {"loss": [1.0]}, callbacks=[checkpoint])
     trainer.fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     # Steps 2 and 4 mid-epoch; step 5 is the state training ended in, saved at on_train_end.
     assert files_in(folder) == [
         "last-epoch=0-step=2.ckpt", "last-epoch=0-step=4.ckpt", "last-epoch=1-step=5.ckpt"
@@ -140,7 +140,7 @@ def test_every_n_steps_counts_optimizer_steps_not_batches(run_dir: Path) -> None
         run_dir, {"loss": [1.0]}, accumulate_grad_batches=2, callbacks=[checkpoint]
     )
     trainer.fit()
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     assert files_in(folder) == ["last-epoch=0-step=2.ckpt", "last-epoch=0-step=3.ckpt"]
     saved = load_checkpoint(folder / "last-epoch=0-step=3.ckpt")
     assert trainer.global_step == 3
@@ -158,7 +158,7 @@ def test_rotation_never_deletes_files_outside_its_folder(tmp_path: Path) -> None
         max_epochs=2,
         callbacks=[ModelCheckpoint(monitor="val/loss", save_top_k=1)],
     ).fit()
-    before = files_in(original / "checkpoints")
+    before = files_in(original / "version_0" / "checkpoints")
     assert before == [
         "epoch=1-step=10.ckpt",
         "last-epoch=0-step=5.ckpt",
@@ -170,22 +170,23 @@ def test_rotation_never_deletes_files_outside_its_folder(tmp_path: Path) -> None
     resumed = ModelCheckpoint(monitor="val/loss", save_top_k=1)
     scripted_trainer(copy, {"loss": losses}, callbacks=[resumed]).fit(ckpt_path="last")
 
-    assert files_in(original / "checkpoints") == before
-    assert files_in(copy / "checkpoints") == [
+    assert files_in(original / "version_0" / "checkpoints") == before
+    assert files_in(copy / "version_0" / "checkpoints") == [
         "epoch=1-step=10.ckpt",
         "epoch=3-step=20.ckpt",
         "last-epoch=2-step=15.ckpt",
         "last-epoch=3-step=20.ckpt",
     ]
-    assert resumed.best_model_path == str(copy / "checkpoints" / "epoch=3-step=20.ckpt")
+    best = copy / "version_0" / "checkpoints" / "epoch=3-step=20.ckpt"
+    assert resumed.best_model_path == str(best)
 
 
 def test_rotation_leaves_unrelated_files_in_its_folder(run_dir: Path) -> None:
-    folder = run_dir / "checkpoints"
+    folder = run_dir / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("keep me")
     (folder / "epoch=9-step=99.ckpt").write_bytes(b"someone else's file")
-    checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=1)
+    checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=1, dirpath=folder)
     scripted_trainer(run_dir, {"loss": [0.5, 0.4, 0.3]}, callbacks=[checkpoint]).fit()
     assert files_in(folder) == [
         "epoch=2-step=15.ckpt",
@@ -207,10 +208,10 @@ def test_a_preemption_save_keeps_keep_last_files(run_dir: Path) -> None:
     trainer = scripted_trainer(
         run_dir, {"loss": [1.0] * 3}, callbacks=[checkpoint, TerminateAtStep7()]
     )
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(TrainingInterrupted) as info:
         trainer.fit()
-    assert info.value.code == 143
-    assert files_in(run_dir / "checkpoints") == [
+    assert info.value.code == info.value.exit_code == 143  # an uncaught one exits with it
+    assert files_in(run_dir / "version_0" / "checkpoints") == [
         "last-epoch=0-step=3.ckpt",
         "last-epoch=0-step=4.ckpt",
         "last-epoch=0-step=5.ckpt",
@@ -248,7 +249,7 @@ def test_invalid_arguments_are_refused() -> None:
 def test_state_dict_round_trips_through_the_checkpoint(run_dir: Path) -> None:
     checkpoint = ModelCheckpoint(monitor="val/loss", save_top_k=2)
     scripted_trainer(run_dir, {"loss": [0.5, 0.3, 0.4]}, callbacks=[checkpoint]).fit()
-    saved = load_checkpoint(run_dir / "checkpoints" / "last-epoch=2-step=15.ckpt")
+    saved = load_checkpoint(run_dir / "version_0" / "checkpoints" / "last-epoch=2-step=15.ckpt")
     state = saved["callbacks"]["ModelCheckpoint"]
     assert state["best_k"] == checkpoint.best_k
     assert state["best_model_path"] == checkpoint.best_model_path
@@ -262,7 +263,7 @@ def test_a_last_state_file_records_its_own_path(run_dir: Path) -> None:
     """A run resumed from a last-state file reports that file as `last_model_path`."""
     checkpoint = ModelCheckpoint()
     scripted_trainer(run_dir, {"loss": [0.5, 0.3]}, callbacks=[checkpoint]).fit()
-    newest = run_dir / "checkpoints" / "last-epoch=1-step=10.ckpt"
+    newest = run_dir / "version_0" / "checkpoints" / "last-epoch=1-step=10.ckpt"
     assert checkpoint.last_model_path == str(newest)
     saved = load_checkpoint(newest)["callbacks"]["ModelCheckpoint"]
     assert saved["last_model_path"] == str(newest)
@@ -275,7 +276,7 @@ def test_nan_score_ranks_below_every_number(run_dir: Path) -> None:
         run_dir, {"loss": [0.5, float("nan"), 0.3, 0.4]}, callbacks=[checkpoint]
     )
     trainer.fit()
-    assert files_in(run_dir / "checkpoints") == [
+    assert files_in(run_dir / "version_0" / "checkpoints") == [
         "epoch=2-step=15.ckpt",
         "epoch=3-step=20.ckpt",
         "last-epoch=2-step=15.ckpt",

@@ -48,7 +48,7 @@ def test_default_tags_have_a_point_per_log_step_and_epoch(
     trainer = trainer_factory(logger=True, log_every_n_steps=2)
     history = trainer.fit()
 
-    scalars = read_scalars(run_dir)
+    scalars = read_scalars(run_dir / "version_0")
     assert {"train/loss", "val/loss", "val/acc", "lr"} <= scalars.keys()
     assert steps_of(scalars["train/loss"]) == [2, 4, 6, 8, 10]
     assert steps_of(scalars["val/loss"]) == [5, 10]
@@ -65,7 +65,7 @@ def test_log_every_n_steps_larger_than_the_run_leaves_only_epoch_points(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     trainer_factory(logger=True, log_every_n_steps=50).fit()
-    scalars = read_scalars(run_dir)
+    scalars = read_scalars(run_dir / "version_0")
     assert "train/loss" not in scalars
     assert steps_of(scalars["train/loss_epoch"]) == [5, 10]
     assert steps_of(scalars["val/loss"]) == [5, 10]
@@ -76,7 +76,7 @@ def test_every_step_logged_with_log_every_n_steps_one(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     trainer_factory(logger=True, log_every_n_steps=1, max_epochs=1).fit()
-    scalars = read_scalars(run_dir)
+    scalars = read_scalars(run_dir / "version_0")
     assert steps_of(scalars["train/loss"]) == [1, 2, 3, 4, 5]
     assert steps_of(scalars["lr"]) == [1, 2, 3, 4, 5]
 
@@ -95,7 +95,7 @@ def test_step_values_match_the_losses_of_those_steps(
 
     losses = Losses()
     trainer_factory(logger=True, log_every_n_steps=1, max_epochs=1, callbacks=[losses]).fit()
-    written = dict(read_scalars(run_dir)["train/loss"])
+    written = dict(read_scalars(run_dir / "version_0")["train/loss"])
     assert written == pytest.approx(losses.by_step)
 
 
@@ -132,7 +132,7 @@ def test_event_file_is_closed_and_readable_after_an_exception(
     trainer = trainer_factory(logger=True, log_every_n_steps=1, metrics={"bad": broken_metric})
     with pytest.raises(RuntimeError, match="metric exploded"):
         trainer.fit()
-    assert steps_of(read_scalars(run_dir)["train/loss"]) == [1, 2, 3, 4, 5]
+    assert steps_of(read_scalars(run_dir / "version_0")["train/loss"]) == [1, 2, 3, 4, 5]
 
 
 def test_resume_continues_the_curves_without_duplicate_points(
@@ -143,7 +143,7 @@ def test_resume_continues_the_curves_without_duplicate_points(
     trainer_factory(logger=True, checkpoint=True, log_every_n_steps=5, max_epochs=3).fit(
         ckpt_path="last"
     )
-    scalars = read_scalars(run_dir)
+    scalars = read_scalars(run_dir / "version_0")
     assert steps_of(scalars["val/loss"]) == [5, 10, 15]
     assert steps_of(scalars["train/loss"]) == [5, 10, 15]
 
@@ -154,13 +154,13 @@ def test_resume_drops_points_written_after_the_checkpoint(
     """A run checkpointed at step 10 that went on to step 15 before it was stopped."""
     every_other_epoch = ModelCheckpoint(every_n_epochs=2)
     trainer_factory(logger=True, callbacks=[every_other_epoch], max_epochs=3).fit()
-    assert steps_of(read_scalars(run_dir)["val/loss"]) == [5, 10, 15]
-    next((run_dir / "checkpoints").glob("last-*-step=15.ckpt")).unlink()  # killed before it
+    assert steps_of(read_scalars(run_dir / "version_0")["val/loss"]) == [5, 10, 15]
+    next((run_dir / "version_0" / "checkpoints").glob("last-*-step=15.ckpt")).unlink()
 
     start_a_new_second()
     resumed = trainer_factory(logger=True, checkpoint=True, max_epochs=3)
     history = resumed.fit(ckpt_path="last")
-    points = read_scalars(run_dir)["val/loss"]
+    points = read_scalars(run_dir / "version_0")["val/loss"]
     assert steps_of(points) == [5, 10, 15]
     assert points[-1][1] == pytest.approx(history[-1]["val/loss"])
 
@@ -184,7 +184,7 @@ def test_a_fresh_run_describes_itself_once_and_a_resume_adds_nothing(
     trainer_factory(logger=True, checkpoint=True, hparams={"optimizer": {"lr": 0.1}}).fit()
     start_a_new_second()
     trainer_factory(logger=True, checkpoint=True, max_epochs=3).fit(ckpt_path="last")
-    events = read_events(run_dir)
+    events = read_events(run_dir / "version_0")
     for tag in RUN_DESCRIPTION:
         assert [event.step for event in events.Tensors(tag)] == [0], tag
     [text] = events.Tensors("config/text_summary")
@@ -198,7 +198,7 @@ def test_log_hparams_false_writes_no_hparams_or_config(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     trainer_factory(logger=TensorBoardLogger(log_hparams=False), max_epochs=1).fit()
-    tensors = read_events(run_dir).Tags()["tensors"]
+    tensors = read_events(run_dir / "version_0").Tags()["tensors"]
     assert tensors == ["custom_scalars__config__"]
 
 
@@ -208,7 +208,7 @@ def test_histograms_of_weights_and_gradients_every_n_epochs(
     """5 batches per epoch: epochs 2 and 4 end at steps 10 and 20."""
     logger = TensorBoardLogger(histogram_every_n_epochs=2)
     trainer_factory(logger=logger, max_epochs=4).fit()
-    events = read_events(run_dir)
+    events = read_events(run_dir / "version_0")
     names = {"0.weight", "0.bias", "3.weight", "3.bias"}
     assert set(events.Tags()["histograms"]) == {
         f"{kind}/{name}" for kind in ("weights", "gradients") for name in names
@@ -220,7 +220,7 @@ def test_histograms_of_weights_and_gradients_every_n_epochs(
 
 def test_no_histograms_unless_asked(trainer_factory: Callable, run_dir: Path) -> None:
     trainer_factory(logger=True, max_epochs=1).fit()
-    assert read_events(run_dir).Tags()["histograms"] == []
+    assert read_events(run_dir / "version_0").Tags()["histograms"] == []
 
 
 @pytest.mark.parametrize("every", [0, -2, 1.5, True])
@@ -239,7 +239,8 @@ def test_every_point_up_to_a_checkpoint_is_on_disk_before_the_checkpoint(
             self.seen: dict[int, list[int]] = {}
 
         def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
-            self.seen[trainer.global_step] = steps_of(read_scalars(run_dir)["train/loss"])
+            written = read_scalars(trainer.log_dir)["train/loss"]
+            self.seen[trainer.global_step] = steps_of(written)
 
     reader = ReadsAtSave()
     trainer_factory(
@@ -255,7 +256,7 @@ def test_throughput_and_grad_norm_are_scalars_when_logged(
     trainer_factory: Callable, run_dir: Path
 ) -> None:
     trainer_factory(logger=True, log_every_n_steps=2, gradient_clip_val=1.0).fit()
-    scalars = read_scalars(run_dir)
+    scalars = read_scalars(run_dir / "version_0")
     assert steps_of(scalars["train/samples_per_sec"]) == [2, 4, 6, 8, 10]
     assert steps_of(scalars["train/grad_norm"]) == [2, 4, 6, 8, 10]
     assert all(value > 0 for _, value in scalars["train/samples_per_sec"])

@@ -23,7 +23,8 @@ from conftest import REPO_ROOT
 
 from trainer.cli import main
 
-RUN = "digits"
+JOB = "digits"  # the run_dir
+RUN = f"{JOB}/version_0"  # its first run, as TensorBoard names it
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     status = main([
         "fit", "--config", str(REPO_ROOT / "configs" / "digits_mlp.yaml"),
-        "--trainer.max_epochs", "2", "--trainer.run_dir", str(runs / RUN),
+        "--trainer.max_epochs", "2", "--trainer.run_dir", str(runs / JOB),
     ])  # fmt: skip
     assert status == 0
     return runs

@@ -27,7 +27,7 @@ class CSVLogger(Callback):
     """Write `step` and every logged figure to a CSV file.
 
     Args:
-        path: the file; `run_dir/metrics.csv` when None.
+        path: the file; `metrics.csv` in the run's folder (`trainer.log_dir`) when None.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -38,7 +38,7 @@ class CSVLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Pick up the rows of an earlier run up to the step this run continues from."""
-        self.path = self.path or trainer.run_dir / "metrics.csv"
+        self.path = self.path or trainer.log_dir / "metrics.csv"
         self._rows = {}
         self._is_writing = trainer.is_global_zero
         self._has_unwritten_rows = True  # a resumed run's file may hold rows to drop

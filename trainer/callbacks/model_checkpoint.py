@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 from trainer.background import after_pending_writes
 from trainer.callbacks.base import Callback
 from trainer.callbacks.monitor import Monitor
-from trainer.checkpoint import last_checkpoint_name, rotate_last_checkpoints
+from trainer.checkpoint import (
+    last_checkpoint_name,
+    remove_stale_temporary_files,
+    rotate_last_checkpoints,
+)
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -26,11 +30,13 @@ class ModelCheckpoint(Callback):
         mode: `"min"` or `"max"` for `monitor`.
         save_top_k: how many ranked checkpoints to keep (-1 keeps all).
         save_last: also save the newest state as `last-epoch=E-step=S.ckpt`, for
-            `fit(ckpt_path="last")`; the `keep_last` newest such files are kept, so a
-            damaged newest file still leaves one to resume from.
+            `fit(ckpt_path="last")`; the `keep_last` most recently saved such files are
+            kept (by save time, not step), so a damaged newest file still leaves one to
+            resume from.
         every_n_epochs: save at the end of every N-th epoch (0 disables epoch saves).
         every_n_steps: also save every N optimizer steps, mid-epoch.
-        dirpath: folder for the files.
+        dirpath: folder for the files, used as given; the run's `log_dir/checkpoints`
+            (`run_dir/version_N/checkpoints`) when None.
         keep_last: how many last-state files to keep (at least 1).
 
     Ranked files are named `epoch=E-step=S.ckpt`, with the epoch counted from 0.
@@ -81,9 +87,12 @@ class ModelCheckpoint(Callback):
         return super().uses_hook(hook)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Default the folder to the run's `checkpoints/`; a resumed state is saved already."""
+        """Default the folder to the run's `checkpoints/`; sweep saves that died there. A
+        resumed state is saved already."""
         self.dirpath = self.dirpath or trainer.checkpoint_dir
         self._saved_step = trainer.global_step
+        if trainer.is_global_zero and self.dirpath is not None:
+            remove_stale_temporary_files(self.dirpath)
 
     def on_train_end(self, trainer: Trainer) -> None:
         """Save the state training stopped in, unless a save already holds it."""

@@ -31,7 +31,8 @@ class TensorBoardLogger(Callback):
     """Write scalars, hyperparameters, the config and optional histograms to TensorBoard.
 
     Args:
-        log_dir: where the event files go; the trainer's `run_dir` when None.
+        log_dir: where the event files go; the run's folder (`trainer.log_dir`,
+            `run_dir/version_N`) when None.
         log_hparams: record `trainer.hparams` for the HParams tab, where each run's last
             value of every scalar (`val/loss`, `val/acc`, ...) stands beside them.
         histogram_every_n_epochs: every N epochs, write a histogram of each parameter
@@ -79,7 +80,7 @@ class TensorBoardLogger(Callback):
         """Open the writer; on resume, drop points a killed run wrote after its checkpoint."""
         if not trainer.is_global_zero:
             return
-        self.log_dir = self.log_dir or trainer.run_dir
+        self.log_dir = self.log_dir or trainer.log_dir
         purge_step = trainer.global_step + 1 if trainer.global_step else None
         self._writer = EventFileWriter(self.log_dir, purge_step=purge_step)
         if trainer.global_step == 0:  # a resumed run has these from its start

@@ -383,6 +383,42 @@ def test_the_same_seed_gives_the_same_weights(run_dir: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
+def test_seed_applies_when_fit_starts_a_run_and_none_leaves_the_generators_alone(
+    run_dir: Path,
+) -> None:
+    def final_weights(seed: int | None, caller_seed: int) -> torch.Tensor:
+        trainer = make_trainer(run_dir, make_mlp(dropout=0.3), seed=seed, max_epochs=1,
+                               train_loader=make_loader(shuffle=True))  # fmt: skip
+        torch.manual_seed(caller_seed)  # what the script did after building the Trainer
+        trainer.fit()
+        return trainer.model[0].weight.detach().clone()
+
+    model = make_mlp()
+    torch.manual_seed(123)
+    expected = torch.get_rng_state()
+    make_trainer(run_dir, model, seed=7)
+    assert torch.equal(torch.get_rng_state(), expected), "building a Trainer seeds nothing"
+    assert torch.equal(final_weights(7, 1), final_weights(7, 2)), "fit seeds a fresh run"
+    assert torch.equal(final_weights(None, 1), final_weights(None, 1))
+    assert not torch.equal(final_weights(None, 1), final_weights(None, 2)), "None seeds nothing"
+
+
+def test_a_resumed_run_is_not_seeded_again(run_dir: Path) -> None:
+    """The checkpoint's random states win over `seed`: reseeding would repeat the stream."""
+    model = make_mlp(dropout=0.3)
+    straight = make_trainer(run_dir / "a", model, seed=7, max_epochs=2,
+                            train_loader=make_loader(shuffle=True))  # fmt: skip
+    straight.fit()
+    first = make_trainer(run_dir / "b", make_mlp(dropout=0.3), seed=7, max_epochs=1,
+                         checkpoint=True, train_loader=make_loader(shuffle=True))  # fmt: skip
+    first.fit()
+    resumed = make_trainer(run_dir / "b", make_mlp(dropout=0.3), seed=7, max_epochs=2,
+                           checkpoint=True, train_loader=make_loader(shuffle=True))  # fmt: skip
+    resumed.fit(ckpt_path="last")
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_batches_are_moved_to_the_device_recursively(run_dir: Path) -> None:
     seen: list[str] = []
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from trainer.distributed import Distributed
 from trainer.sampling import length_or_none
 from trainer.state import TrainState
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
 
 __all__ = [
     "NAN_POLICIES",
@@ -29,6 +32,7 @@ __all__ = [
     "check_loader",
     "check_loop_arguments",
     "check_loss_fn",
+    "check_optimization_mode",
     "check_positive_int",
     "compile_options",
     "inputs_and_targets",
@@ -130,14 +134,39 @@ def as_distributed(strategy: str | Distributed, nan_policy: str) -> Distributed:
 
 # ------------------------------------------------------------------- what the user's code returns
 def split_optimization(configured: Any) -> tuple[Any, Any]:
-    """`(optimizer, scheduler)` from what `configure_optimizers` returned."""
-    if isinstance(configured, (tuple, list)):
+    """`(optimizers, schedulers)` from what `configure_optimizers` returned: an optimizer, a
+    list or dict of them, or a pair of those and their scheduler(s)."""
+    if isinstance(configured, (tuple, list)) and not all(
+        isinstance(item, torch.optim.Optimizer) for item in configured
+    ):
         if len(configured) != 2:
             raise ValueError(
-                "configure_optimizers must return an optimizer or (optimizer, scheduler)."
+                "configure_optimizers must return an optimizer (or a list or dict of them), "
+                "or (optimizers, schedulers)."
             )
         return configured[0], configured[1]
     return configured, None
+
+
+def check_optimization_mode(trainer: Trainer) -> None:
+    """Several optimizers need a step that owns the update, which some settings cannot serve."""
+    count = len(trainer.optimizers)
+    if trainer.automatic_optimization and count != 1:
+        raise ValueError(
+            f"{count} optimizers, but the loop steps one: set automatic_optimization = False "
+            "in your Trainer subclass and step each with self.step(optimizer) in "
+            "training_step (see docs/research.md)."
+        )
+    if not trainer.automatic_optimization and trainer.nan_policy == "skip":
+        raise ValueError(
+            "nan_policy='skip' leaves a batch's loss out of the backward pass, which a step "
+            "that owns the update runs itself; check the loss in training_step instead."
+        )
+    if not trainer.automatic_optimization and trainer.distributed.kind == "fsdp":
+        raise ValueError(
+            "automatic_optimization = False is not supported with strategy='fsdp'; use "
+            "'ddp', or one optimizer with the loop's update."
+        )
 
 
 def inputs_and_targets(batch: Any, step_name: str) -> tuple[Any, Any]:
@@ -154,8 +183,16 @@ def inputs_and_targets(batch: Any, step_name: str) -> tuple[Any, Any]:
     )
 
 
-def as_step_outputs(outputs: Any) -> dict[str, Any]:
-    """Check a training step's result and return it as a dict holding `"loss"`."""
+def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
+    """Check a training step's result and return it as a dict holding `"loss"`.
+
+    A step that `owns_update` (manual optimization) has done its own backward passes: it may
+    return None, or a loss that no longer needs grad.
+    """
+    if owns_update:
+        if outputs is None:
+            return {}
+        return dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
     if isinstance(outputs, torch.Tensor):
         outputs = {"loss": outputs}
     elif outputs is None:

@@ -262,6 +262,25 @@ class Distributed:
             self._gradient_sync = is_boundary
         return _NO_CONTEXT
 
+    def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """DDP, for a step that owns its update: average `optimizer`'s gradients over the
+        ranks in one all-reduce (a parameter without a gradient takes part with zeros)."""
+        if self.kind != "ddp" or not self.is_active:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        for parameter in parameters:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        grads = [parameter.grad for parameter in parameters]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            grad.copy_(synced)
+
     def contribute_no_gradient(self, model: nn.Module) -> None:
         """A rank that leaves its batch out still takes part in the all-reduce, with zeros.
 

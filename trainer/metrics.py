@@ -186,10 +186,13 @@ class LogBook:
             self.step.clear()
         self.throughput.restart()
 
-    def add_train(self, name: str, value: torch.Tensor | float) -> None:
-        """A training value: written at the next log step, averaged into the epoch figure."""
+    def add_train(
+        self, name: str, value: torch.Tensor | float, batch_size: int | None = None
+    ) -> None:
+        """A training value: written at the next log step, averaged into the epoch figure
+        with the weight `batch_size` (the batch in flight's size by default)."""
         self.step[name] = value
-        self.train.add(name, value, self.batch_size)
+        self.train.add(name, value, batch_size or self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's running sums and the values not yet written, for a mid-epoch resume."""

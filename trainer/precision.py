@@ -55,8 +55,9 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "16-mixed")
         self._is_scaling = self.scaler.is_enabled()  # read every step: a plain attribute
         self._no_autocast = contextlib.nullcontext()  # reusable, unlike torch.autocast
-        self._watched: torch.optim.Optimizer | None = None
+        self._watched: set[int] = set()
         self._has_stepped = False
+        self._is_update_due = False
 
     def convert_module(self, model: nn.Module) -> nn.Module:
         """Put the weights in this mode's format ("bf16-true": bfloat16; others: unchanged).
@@ -86,8 +87,12 @@ class Precision:
         if self._is_scaling:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Step the optimizer; return False when the scaler skipped it for inf/nan gradients."""
+    def step(self, optimizer: torch.optim.Optimizer, update: bool = True) -> bool:
+        """Step the optimizer; return False when the scaler skipped it for inf/nan gradients.
+
+        `update=False` leaves the scale as it is until `update()`: with several optimizers
+        stepped in one batch, each must unscale by the scale its gradients were made with.
+        """
         if not self._is_scaling:
             optimizer.step()
             return True
@@ -97,15 +102,23 @@ class Precision:
             self.scaler.step(optimizer)
             self.scaler.update()
             return self.scaler.get_scale() >= scale_before
-        if optimizer is not self._watched:
+        if id(optimizer) not in self._watched:
             # A post-step hook says whether optimizer.step() ran, without reading the scale
             # back from the device (a second host sync per step on CUDA).
             optimizer.register_step_post_hook(self._note_step)
-            self._watched = optimizer
+            self._watched.add(id(optimizer))
         self._has_stepped = False
         self.scaler.step(optimizer)
-        self.scaler.update()
+        self._is_update_due = True
+        if update:
+            self.update()
         return self._has_stepped
+
+    def update(self) -> None:
+        """Adjust the loss scale once the batch's optimizers have stepped (no-op otherwise)."""
+        if self._is_update_due:
+            self.scaler.update()
+            self._is_update_due = False
 
     def _note_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._has_stepped = True

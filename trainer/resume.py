@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.checkpoint import capture_rng_states, restore_rng_states
+from trainer.checkpoint import CheckpointError, capture_rng_states, restore_rng_states
+from trainer.optim import named
 from trainer.sampling import TrainingData, check_same_data
 
 if TYPE_CHECKING:
@@ -37,6 +38,18 @@ def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[
         if optimizer
         else {},
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else {},
+        # Several optimizers (and their schedulers) are kept by name.
+        "optimizers": {
+            name: distributed.optimizer_state_dict(trainer.model, each)
+            for name, each in named(trainer.optimizers)
+        }
+        if optimizer is None
+        else {},
+        "schedulers": {
+            name: each.state_dict() for name, each in named(trainer.schedulers) if each
+        }
+        if optimizer is None
+        else {},
         "precision": trainer.precision.state_dict(),
         "state": state.state_dict(),
         "ranks": distributed.gather(own),  # rank 0's first
@@ -60,9 +73,11 @@ def restore_run(
     if is_mid_epoch:
         check_same_data(checkpoint["data"], data.loader, path)
     own = _own_states(checkpoint, distributed.rank)
-    distributed.load_optimizer_state(trainer.model, trainer.optimizer, checkpoint["optimizer"])
+    if trainer.optimizer is not None:
+        distributed.load_optimizer_state(trainer.model, trainer.optimizer, checkpoint["optimizer"])
     if trainer.scheduler is not None and checkpoint["scheduler"]:
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
+    _load_named(trainer, checkpoint.get("optimizers", {}), checkpoint.get("schedulers", {}), path)
     trainer.precision.load_state_dict(checkpoint["precision"])
     trainer.callbacks.load_state_dicts(checkpoint["callbacks"])
     trainer.load_state_dict(checkpoint.get("trainer", {}))
@@ -71,6 +86,25 @@ def restore_run(
     if is_mid_epoch:
         logs.load_state_dict(own["logs"])
     return checkpoint
+
+
+def _load_named(
+    trainer: Trainer, optimizers: dict[str, Any], schedulers: dict[str, Any], path: Path
+) -> None:
+    """Several optimizers and their schedulers, matched by name (a list's by position)."""
+    if trainer.optimizer is not None:
+        return
+    pairs = named(trainer.optimizers)
+    if sorted(optimizers) != sorted(name for name, _ in pairs):
+        raise CheckpointError(
+            f"checkpoint {path} holds optimizers {sorted(optimizers)}, this trainer has "
+            f"{[name for name, _ in pairs]}; configure the same optimizers to resume."
+        )
+    for name, optimizer in pairs:
+        trainer.distributed.load_optimizer_state(trainer.model, optimizer, optimizers[name])
+    for name, scheduler in named(trainer.schedulers):
+        if scheduler is not None and name in schedulers:
+            scheduler.load_state_dict(schedulers[name])
 
 
 def _own_states(checkpoint: dict[str, Any], rank: int) -> dict[str, Any]:

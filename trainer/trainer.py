@@ -33,6 +33,7 @@ from trainer.checks import (
     check_loader,
     check_loop_arguments,
     check_loss_fn,
+    check_optimization_mode,
     compile_options,
     inputs_and_targets,
     is_finite_or_skipped,
@@ -48,7 +49,7 @@ from trainer.metrics import (
     is_stateful_metric,
     metrics_on_device,
 )
-from trainer.optim import build_optimizer, build_scheduler, is_plateau, learning_rates
+from trainer.optim import build_optimizers, build_schedulers, is_plateau, learning_rates, named
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
@@ -147,6 +148,11 @@ class Trainer:
         >>> history = trainer.fit()
     """
 
+    automatic_optimization: bool = True
+    """False: `training_step` owns the update through `self.backward` and `self.step`."""
+    log_loss_as: str | None = "train/loss"
+    """The name the loss a training step returns is logged under; None logs it nowhere."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -199,7 +205,9 @@ class Trainer:
         self.log_every_n_steps, self.log_grad_norm = log_every_n_steps, log_grad_norm
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         check_loss_fn(loss_fn, self._uses_default_steps())
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizers: Any = []  # a list, or a dict of named optimizers
+        self.schedulers: Any = []  # shaped like `optimizers`, None where one has none
+        self.optimizer: torch.optim.Optimizer | None = None  # the only one, if just one
         self.scheduler: Any = None
         self._scheduler_arg = scheduler
         if optimizer is not None:
@@ -211,7 +219,8 @@ class Trainer:
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
         self.seed = seed
-        self._phase: str | None = None
+        self.stage: str | None = None  # "train", "validate", "test", "predict" while running
+        self._phase: str | None = None  # where self.log sends a value: the step running
         self._logs = LogBook()
         self._data = TrainingData(self.train_loader, None)
         self._preemption = PreemptionWatch()
@@ -307,8 +316,15 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back what `state_dict` returned, when a run resumes from a checkpoint."""
 
-    def log(self, name: str, value: torch.Tensor | float) -> None:
-        """Record a scalar; it stays on the device until a log step or epoch end reads it."""
+    def log(
+        self, name: str, value: torch.Tensor | float, batch_size: int | None = None
+    ) -> None:
+        """Record a scalar; it stays on the device until a log step or epoch end reads it.
+
+        Inside a step the value joins the epoch mean weighted by `batch_size`, which by
+        default is the length of the batch's first tensor (dimension 0, so pass it for
+        `[seq, batch]` tensors); outside a step it is a figure of its own.
+        """
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 raise ValueError(
@@ -317,9 +333,9 @@ class Trainer:
                 )
             value = value.detach()
         if self._phase == "train":
-            self._logs.add_train(name, value)
+            self._logs.add_train(name, value, batch_size)
         elif self._phase is not None:
-            self._logs.evaluation.add(name, value, self._logs.batch_size)
+            self._logs.evaluation.add(name, value, batch_size or self._logs.batch_size)
         else:
             self.state.metrics[name] = float(value)
 
@@ -336,8 +352,9 @@ class Trainer:
         """
         if self.train_loader is None:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")
-        if self.optimizer is None:
+        if not self.optimizers:
             self._set_optimization(*split_optimization(self.configure_optimizers()))
+        check_optimization_mode(self)
         self.train_loader, sampler = self.distributed.shard_training_loader(
             self.train_loader, pin_memory=self.device.type == "cuda"
         )
@@ -351,7 +368,7 @@ class Trainer:
             seed_everything(self.seed)  # a run from scratch; a resumed one has its own states
         self.state.should_stop = False  # a stop asked of an earlier fit() is done with
         history: list[dict[str, float]] = []
-        with _kept_module_modes(self.model), self._preemption:
+        with _kept_module_modes(self.model), self._preemption, self._in_stage("train"):
             if not self.model.training:
                 self.model.train()
             try:
@@ -387,12 +404,14 @@ class Trainer:
     ) -> dict[str, float]:
         """Average the loss and metrics over `loader`, named `test/...`."""
         self._load_weights(ckpt_path)
-        return self._run_eval_loop(loader, "test")
+        with self._in_stage("test"):
+            return self._run_eval_loop(loader, "test")
 
     def predict(self, loader: Iterable[Any], ckpt_path: str | Path | None = None) -> list[Any]:
         """The outputs of `predict_step` for every batch of `loader`, in order."""
         self._load_weights(ckpt_path)
-        return self._run_eval_loop(loader, "predict")
+        with self._in_stage("predict"):
+            return self._run_eval_loop(loader, "predict")
 
     # ------------------------------------------------------------------------------------ the loop
     def _run_train_epoch(self) -> dict[str, float]:
@@ -426,33 +445,75 @@ class Trainer:
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         scale = self.accumulate_grad_batches
-        is_last = self.state.batches_in_epoch + 1 == self._data.length
-        is_boundary = (batch_idx + 1) % scale == 0 or is_last
+        is_boundary = self._ends_window()
+        owns_update = not self.automatic_optimization
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
         with self.distributed.no_sync(is_boundary):
             with self.precision.autocast():
-                outputs = as_step_outputs(self._training_step(batch, batch_idx))
-            loss = outputs["loss"]
+                outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
+            if "batch_size" in outputs:  # the step knows its batch's size better
+                self._logs.batch_size = int(outputs.pop("batch_size"))
+            loss = outputs.get("loss")
             # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
             is_used = self.nan_policy != "skip" or is_finite_or_skipped(loss, self.state)
-            if is_used:
+            if owns_update:
+                pass  # the step ran its own backward passes and steps
+            elif is_used:
                 self.precision.backward(loss / scale if scale > 1 else loss)
             else:  # other ranks still expect this one in the gradient all-reduce
                 self.distributed.contribute_no_gradient(self.model)
-        outputs["loss"] = loss = loss.detach()
-        if is_used:  # what self.log does, without its checks
-            self._logs.add_train("train/loss", loss)
-        self.state.batches_in_epoch += 1
-        if is_boundary:
-            self._optimizer_step(window=(batch_idx % scale) + 1)
+        if isinstance(loss, torch.Tensor):
+            outputs["loss"] = loss = loss.detach()
+            if is_used and self.log_loss_as:  # what self.log does, without its checks
+                self._logs.add_train(self.log_loss_as, loss)
+        if owns_update:
+            self.precision.update()  # the loss scale moves once all optimizers stepped
+            self.state.batches_in_epoch += 1
+            self._count_step()
+        else:
+            self.state.batches_in_epoch += 1
+            if is_boundary:
+                self._update(self.optimizer, window=(batch_idx % scale) + 1)
+                self._count_step()
         return outputs
 
-    def _optimizer_step(self, window: int) -> None:
-        """Unscale, clip, step, zero and count; `window` is how many micro-batches it covers."""
-        optimizer = self.optimizer
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` in a step that owns the update (`automatic_optimization =
+        False`): scaled for "16-mixed" and divided by `accumulate_grad_batches`; under DDP
+        gradients are averaged over the ranks when `step` runs."""
+        scale = self.accumulate_grad_batches
+        self.precision.backward(loss / scale if scale > 1 else loss)
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], torch.Tensor] | None = None,
+    ) -> bool:
+        """Update with `optimizer` in a step that owns the update: what the loop does for one.
+
+        On the batch that ends an accumulation window (every batch when there is none):
+        average gradients over DDP ranks, unscale, clip, `on_before_optimizer_step`, step
+        (through the GradScaler), zero the gradients and step this optimizer's scheduler
+        when `scheduler_interval="step"`. Inside a window it does nothing. Returns whether
+        the optimizer stepped (False inside a window or when the GradScaler skipped it).
+        `closure` (LBFGS and the like) recomputes the loss: it calls `self.backward`.
+        """
+        if not self._ends_window():
+            return False
+        window = self.state.batches_in_epoch % self.accumulate_grad_batches + 1
+        self.distributed.sync_gradients(optimizer)
+        return self._update(optimizer, window, closure)
+
+    def _update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        window: int,
+        closure: Callable[[], torch.Tensor] | None = None,
+    ) -> bool:
+        """Unscale, clip, step, zero, schedule; `window` is how many micro-batches it covers."""
         if window < self.accumulate_grad_batches:  # a short last window: undo the 1/N scaling
             _scale_gradients(optimizer, self.accumulate_grad_batches / window)
-        norm = self._clip_gradients(optimizer)
+        norm = None if closure else self._clip_gradients(optimizer)
         if norm is not None:
             self._logs.step["train/grad_norm"] = norm
         elif self.log_grad_norm and (self.state.global_step + 1) % self.log_every_n_steps == 0:
@@ -461,15 +522,55 @@ class Trainer:
             norm = nn.utils.get_total_norm([grad for grad in grads if grad is not None])
             self._logs.step["train/grad_norm"] = norm
         self.callbacks.call("on_before_optimizer_step", self, optimizer)
-        stepped = self.precision.step(optimizer)
+        if closure is None:
+            stepped = self.precision.step(optimizer, update=self.automatic_optimization)
+        else:
+            stepped = self._step_with_closure(optimizer, closure)
         optimizer.zero_grad(set_to_none=True)
+        scheduler = self._scheduler_of(optimizer)
         if not stepped:  # the GradScaler found inf/nan gradients: the schedule waits too
             self.state.skipped_steps += 1
-        elif self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
+        elif scheduler is not None and self.scheduler_interval == "step":
+            scheduler.step()
+        return stepped
+
+    def _step_with_closure(
+        self, optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]
+    ) -> bool:
+        """`optimizer.step(closure)`, each evaluation's gradients clipped as the loop clips."""
+        if self.precision.scaler.is_enabled():
+            raise ValueError(
+                "a closure optimizer (LBFGS, ...) cannot step through the GradScaler of "
+                "precision='16-mixed'; use precision='32' or 'bf16-mixed'."
+            )
+
+        def evaluate() -> torch.Tensor:
+            with torch.enable_grad():
+                loss = closure()
+            self._clip_gradients(optimizer)
+            return loss
+
+        optimizer.step(evaluate)
+        return True
+
+    def _count_step(self) -> None:
+        """One more optimizer step (a batch, when the step owns the update); log when due."""
         self.state.global_step += 1
         if self.state.global_step % self.log_every_n_steps == 0:
             self._log_step_figures()
+
+    def _scheduler_of(self, optimizer: torch.optim.Optimizer) -> Any:
+        for (_, each), (_, scheduler) in zip(
+            named(self.optimizers), named(self.schedulers), strict=True
+        ):
+            if each is optimizer:
+                return scheduler
+        return None
+
+    def _ends_window(self) -> bool:
+        """Whether the batch being run ends an accumulation window (or the epoch)."""
+        done = self.state.batches_in_epoch + 1
+        return done % self.accumulate_grad_batches == 0 or done == self._data.length
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """Unscale the gradients; clip them to `gradient_clip_val` and return their norm."""
@@ -496,14 +597,14 @@ class Trainer:
         each epoch once, whether or not the run stopped inside it.
         """
         train_figures = self.distributed.reduce_means(self._logs.train)
-        self._check_finite_loss(train_figures.get("train/loss"))
+        self._check_finite_loss(train_figures.get(self.log_loss_as or "train/loss"))
         self.state.metrics.update(train_figures)
         record = {"epoch": float(self.state.epoch), **train_figures}
         if not self.state.is_epoch_finished:
             return record
         if self.val_loader is not None:
             record |= self._run_validation(self.val_loader)
-        rates = learning_rates(self.optimizer)
+        rates = learning_rates(self.optimizers)
         record |= rates
         self.state.metrics.update(rates)
         self._step_scheduler_on_epoch()
@@ -521,11 +622,21 @@ class Trainer:
         return record
 
     def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
-        self.callbacks.call("on_validation_start", self)
-        figures = self._run_eval_loop(loader, "val")
-        self.state.metrics.update(figures)
-        self.callbacks.call("on_validation_end", self, figures)
+        with self._in_stage("validate"):
+            self.callbacks.call("on_validation_start", self)
+            figures = self._run_eval_loop(loader, "val")
+            self.state.metrics.update(figures)
+            self.callbacks.call("on_validation_end", self, figures)
         return figures
+
+    @contextlib.contextmanager
+    def _in_stage(self, stage: str) -> Iterator[None]:
+        """`self.stage` is `stage` inside, and what it was before afterwards."""
+        previous, self.stage = self.stage, stage
+        try:
+            yield
+        finally:
+            self.stage = previous
 
     def _run_eval_loop(self, loader: Iterable[Any], stage: str) -> Any:
         """Run validation, test or predict over `loader` in eval mode without autograd."""
@@ -545,8 +656,10 @@ class Trainer:
                 if stage == "predict":
                     predictions.append(outputs)
                 else:
-                    for name, value in as_eval_outputs(outputs, stage).items():
-                        self.log(f"{stage}/{name}", value)
+                    figures = dict(as_eval_outputs(outputs, stage))
+                    size = figures.pop("batch_size", None)  # the step knows it better
+                    for name, value in figures.items():
+                        self.log(f"{stage}/{name}", value, batch_size=size)
                 self._phase = None
         if stage == "predict":
             return predictions
@@ -561,9 +674,9 @@ class Trainer:
     def _log_step_figures(self) -> None:
         """Read this step's logged values from the device and hand them to loggers."""
         figures = self._logs.read_step()
-        self._check_finite_loss(figures.get("train/loss"))
+        self._check_finite_loss(figures.get(self.log_loss_as or "train/loss"))
         figures["train/samples_per_sec"] = self._logs.throughput.rate()  # after float() waited
-        figures |= learning_rates(self.optimizer)
+        figures |= learning_rates(self.optimizers)
         self.state.metrics.update(figures)
         self._logs.last_logged_step = self.state.global_step
         self._send_to_loggers(figures)
@@ -584,13 +697,16 @@ class Trainer:
         )
 
     def _step_scheduler_on_epoch(self) -> None:
-        if self.scheduler is None or self.scheduler_interval != "epoch":
+        if self.scheduler_interval != "epoch":
             return
-        if is_plateau(self.scheduler):
-            monitor = Monitor(self.scheduler_monitor)
-            self.scheduler.step(monitor.read(self.state.metrics, "ReduceLROnPlateau"))
-        else:
-            self.scheduler.step()
+        for _, scheduler in named(self.schedulers):
+            if scheduler is None:
+                continue
+            if is_plateau(scheduler):
+                monitor = Monitor(self.scheduler_monitor)
+                scheduler.step(monitor.read(self.state.metrics, "ReduceLROnPlateau"))
+            else:
+                scheduler.step()
 
     def _shared_decisions(self) -> tuple[bool, int]:
         """`should_stop` and a preemption signal as every rank acts on them.
@@ -628,7 +744,7 @@ class Trainer:
         `wait=False` returns once the bytes are written and leaves the `fsync` and rename
         to a background thread (what `ModelCheckpoint` does); `fit` waits for them.
         """
-        self._check_finite_loss(self._logs.train.mean("train/loss"))
+        self._check_finite_loss(self._logs.train.mean(self.log_loss_as or "train/loss"))
         checkpoint = run_checkpoint(self, self._data, self._logs)
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns once the bytes are written (and, with `wait`,
@@ -660,17 +776,27 @@ class Trainer:
         if compile is not False:  # in place: state_dict names stay those of the plain model
             model.compile(**compile_options(compile))
         self.distributed.prepare_model(model)
-        self._training_step = self.distributed.wrap_step(model, self.training_step)
+        # DDP syncs gradients in the backward of its forward: the loop's single backward.
+        # A step that owns its update averages them in `step` instead.
+        self._training_step = (
+            self.distributed.wrap_step(model, self.training_step)
+            if self.automatic_optimization
+            else self.training_step
+        )
         return model
 
     def _set_optimization(self, optimizer: Any, scheduler: Any) -> None:
-        self.optimizer = build_optimizer(optimizer, self.model)
-        self.distributed.check_optimizer(self.model, self.optimizer)
-        self.scheduler = build_scheduler(
+        self.optimizers = build_optimizers(optimizer, self.model)
+        pairs = named(self.optimizers)
+        for _, each in pairs:
+            self.distributed.check_optimizer(self.model, each)
+        self.schedulers = build_schedulers(
             scheduler if scheduler is not None else self._scheduler_arg,
-            self.optimizer,
+            self.optimizers,
             self.scheduler_interval,
         )
+        self.optimizer = pairs[0][1] if len(pairs) == 1 else None
+        self.scheduler = named(self.schedulers)[0][1] if len(pairs) == 1 else None
 
     def _uses_default_steps(self) -> bool:
         """True when a default step will run: it calls `loss_fn`."""

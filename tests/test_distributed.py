@@ -401,3 +401,25 @@ def test_torchrun_on_the_gpus_uses_nccl_with_one_gpu_per_rank(tmp_path: Path) ->
     for rank in range(ranks):
         assert f"RANK {rank} BACKEND nccl DEVICE cuda:{rank}" in job.stdout
     assert load_checkpoint(tmp_path / "final.ckpt")["state"]["global_step"] > 0
+
+
+def test_a_step_owning_its_update_all_reduces_once_per_optimizer_step(run_dir: Path) -> None:
+    """DDP, manual optimization, windows of 2 batches: one gradient all-reduce per step."""
+    from test_research_steps import ManualRegression
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(run_dir, trainer_class=ManualRegression, strategy="ddp",
+                           accumulate_grad_batches=2, max_epochs=1, val_loader=None,
+                           train_loader=make_loader(n=48, batch_size=8))  # fmt: skip
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    try:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+            trainer.fit()
+    finally:
+        trainer.distributed.teardown()
+    gradient_syncs = [
+        event for event in profiler.events()
+        if event.name == "gloo:all_reduce" and event.input_shapes == [[parameters]]
+    ]  # fmt: skip
+    assert trainer.global_step == 6  # batches, in manual mode
+    assert len(gradient_syncs) == 3  # 6 batches in windows of 2

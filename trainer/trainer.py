@@ -468,6 +468,9 @@ class Trainer:
                 self._logs.add_train(self.log_loss_as, loss)
         if owns_update:
             self.precision.update()  # the loss scale moves once all optimizers stepped
+            if is_boundary:  # no gradient outlives its window (a checkpoint holds none)
+                for _, optimizer in named(self.optimizers):
+                    optimizer.zero_grad(set_to_none=True)
             self.state.batches_in_epoch += 1
             self._count_step()
         else:

@@ -79,6 +79,9 @@ class Trainer:
                 for batch_idx, batch in train_loader (a resumed epoch skips what it consumed):
                     on_train_batch_start(batch, batch_idx)
                     loss = training_step(batch, batch_idx)      # under autocast
+                        # automatic_optimization = False: the step calls self.backward and
+                        # self.step(optimizer), which do the update below per optimizer;
+                        # global_step counts batches, gradients are cleared at window ends
                     backward(loss / accumulate_grad_batches)    # DDP: all-reduce at window end
                     if the accumulation window is full or the epoch's batches are done:
                         unscale gradients, clip them to gradient_clip_val
@@ -109,12 +112,14 @@ class Trainer:
 
     Args:
         model: any `nn.Module`; it is moved to `device` (and compiled, sharded or wrapped).
-        optimizer: an `Optimizer`, or a callable `params -> Optimizer`; None calls
+        optimizer: an `Optimizer`, a callable `params -> Optimizer`, or a list or dict of
+            optimizers (several need `automatic_optimization = False`); None calls
             `configure_optimizers()` when `fit` starts.
         loss_fn: `(outputs, targets) -> scalar tensor`, used by the default steps.
         train_loader: the training batches, usually a `DataLoader`.
         val_loader: batches validated at every epoch end, when given.
-        scheduler: an LR scheduler or a callable `optimizer -> scheduler`;
+        scheduler: an LR scheduler or a callable `optimizer -> scheduler` (with several
+            optimizers: a list or dict matched to them, or one callable for all);
             `ReduceLROnPlateau` works.
         scheduler_interval: `"epoch"` (after each finished epoch) or `"step"`.
         scheduler_monitor: the metric `ReduceLROnPlateau` reads.

@@ -5,6 +5,7 @@ torchvision) are imported where first needed, so `import trainer` stays fast.
 """
 
 from trainer.callbacks import (
+    EMA,
     Callback,
     CSVLogger,
     EarlyStopping,
@@ -21,6 +22,7 @@ from trainer.trainer import Trainer, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
     "CSVLogger",
     "Callback",
     "EarlyStopping",

@@ -108,6 +108,7 @@ class Trainer:
             wait for checkpoint files to be fsynced and renamed into place (done in background)
             on_fit_end
         on any exception: on_exception(exception), then it propagates
+        test(loader): on_test_start, test_step(batch, batch_idx) per batch, on_test_end(figures)
         a NaN/inf loss raises where the loss is read: log steps, epoch ends, checkpoints
 
     Args:
@@ -410,7 +411,10 @@ class Trainer:
         """Average the loss and metrics over `loader`, named `test/...`."""
         self._load_weights(ckpt_path)
         with self._in_stage("test"):
-            return self._run_eval_loop(loader, "test")
+            self.callbacks.call("on_test_start", self)
+            figures = self._run_eval_loop(loader, "test")
+            self.callbacks.call("on_test_end", self, figures)
+        return figures
 
     def predict(self, loader: Iterable[Any], ckpt_path: str | Path | None = None) -> list[Any]:
         """The outputs of `predict_step` for every batch of `loader`, in order."""

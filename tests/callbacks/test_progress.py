@@ -6,9 +6,12 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import make_loader
+import torch
+from conftest import make_loader, make_mlp
+from torch import nn
 
 from trainer.callbacks import ProgressBar
+from trainer.summary import module_sizes, summary_line
 
 
 def test_not_a_terminal_prints_one_line_per_epoch(
@@ -21,7 +24,8 @@ def test_not_a_terminal_prints_one_line_per_epoch(
         train_loader=make_loader(n=200, batch_size=4),
     ).fit()
     captured = capsys.readouterr()
-    lines = captured.out.splitlines()
+    summary, *lines = captured.out.splitlines()
+    assert summary.startswith("model: Sequential, ")
     assert len(lines) == 3
     for number, line in enumerate(lines, start=1):
         assert line.lower().startswith(f"epoch {number}")
@@ -50,7 +54,8 @@ def test_forced_bar_draws_tqdm_on_stderr_with_the_batch_count(
     assert "5/5" in captured.err
     assert "100%|" in captured.err
     assert "val/loss=" in captured.err
-    assert captured.out == ""
+    assert captured.out.startswith("model: Sequential\n")  # the summary, as a table
+    assert "Epoch" not in captured.out
 
 
 def test_forced_bar_in_callbacks_replaces_the_default(
@@ -60,7 +65,8 @@ def test_forced_bar_in_callbacks_replaces_the_default(
     assert sum(isinstance(callback, ProgressBar) for callback in trainer.callbacks) == 1
     trainer.fit()
     captured = capsys.readouterr()
-    assert captured.out == ""
+    assert captured.out.count("model: Sequential") == 1
+    assert "Epoch" not in captured.out
     assert "5/5" in captured.err
 
 
@@ -94,3 +100,51 @@ def test_redraws_show_the_latest_loss_and_samples_per_second(
     err = capsys.readouterr().err
     assert "loss=" in err
     assert "samples/s=" in err
+
+
+def test_not_a_terminal_summary_is_one_line_with_counts_and_size(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = make_mlp()  # 64*32+32 + 32*10+10 = 2,410 float32 parameters
+    model[0].requires_grad_(False)  # 64*32+32 = 2,080 of them frozen
+    trainer_factory(model=model, progress_bar=True, max_epochs=1).fit()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "model: Sequential, 2.4k parameters (330 trainable), 9.6 kB"
+
+
+def test_summary_counts_in_thousands_and_millions_and_megabytes() -> None:
+    model = nn.Sequential(nn.Linear(1000, 1000), nn.BatchNorm1d(1000))
+    assert summary_line(model) == "model: Sequential, 1.0M parameters (1.0M trainable), 4.0 MB"
+    shared = nn.Linear(10, 10)
+    twice = nn.Sequential(shared, nn.ReLU(), shared)
+    assert [(row.name, row.parameters) for row in module_sizes(twice)] == [
+        ("0", 110), ("1", 0), ("total", 110)  # a module used twice is listed and counted once
+    ]
+
+
+def test_terminal_summary_is_a_table_of_top_level_modules(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    trainer_factory(model=model, progress_bar=ProgressBar(force=True), max_epochs=1).fit()
+    table = capsys.readouterr().out.splitlines()
+    assert table == [
+        "model: Sequential",
+        "module  type        parameters  trainable    size",
+        "-------------------------------------------------",
+        "0       Linear            2.1k       2.1k  8.3 kB",
+        "1       ReLU                 0          0     0 B",
+        "2       Linear             330        330  1.3 kB",
+        "-------------------------------------------------",
+        "total   Sequential        2.4k       2.4k  9.6 kB",
+    ]
+
+
+def test_summary_false_leaves_only_the_epoch_lines(
+    trainer_factory: Callable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bar = ProgressBar(summary=False)
+    assert not bar.uses_hook("on_fit_start")
+    trainer_factory(progress_bar=bar, max_epochs=1).fit()
+    assert capsys.readouterr().out.startswith("Epoch 1/1: ")

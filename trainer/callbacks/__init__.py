@@ -3,6 +3,7 @@
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.early_stopping import EarlyStopping
+from trainer.callbacks.ema import EMA
 from trainer.callbacks.lr_monitor import LearningRateMonitor
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.monitor import MissingMetricError, Monitor
@@ -11,6 +12,7 @@ from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
 
 __all__ = [
+    "EMA",
     "CSVLogger",
     "Callback",
     "CallbackList",

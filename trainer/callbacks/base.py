@@ -68,6 +68,12 @@ class Callback:
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After the last validation batch, with the validation averages."""
 
+    def on_test_start(self, trainer: Trainer) -> None:
+        """When `test` begins, after `ckpt_path` (if given) is loaded, before the first batch."""
+
+    def on_test_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After the last test batch, with the test averages."""
+
     def on_log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
         """When figures are due for loggers: every `log_every_n_steps` and at each epoch end."""
 

@@ -1,10 +1,11 @@
-"""`ProgressBar`: a tqdm bar per epoch with batches, ETA, samples/s and the latest loss.
+"""`ProgressBar`: the console output of a run: a model summary when `fit` starts, then a
+tqdm bar per epoch with batches, ETA, samples/s and the latest loss.
 
 The bar reads the loss from the device only when it is about to redraw (at most
 `refresh_rate` times a second), so it adds no per-step host sync. When output is not a
-terminal it stays silent per step and prints one line per epoch instead, so log files
-and CI output stay short. Validation renames the bar instead of drawing its own, and only
-the global-zero process draws or prints.
+terminal it stays silent per step and prints one line per epoch instead, and the model
+summary is one line rather than a table, so log files and CI output stay short. Validation
+renames the bar instead of drawing its own, and only the global-zero process draws or prints.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
+from trainer.summary import summary_line, summary_table
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -28,12 +30,24 @@ class ProgressBar(Callback):
         refresh_rate: most redraws per second.
         leave: keep each finished epoch's bar on screen.
         force: draw bars even when output is not a terminal (notebooks are detected).
+        summary: print the model's parameters and size when `fit` starts: a table on a
+            terminal, one line otherwise.
+
+    Example:
+        >>> trainer = Trainer(model, ..., progress_bar=ProgressBar(refresh_rate=1, summary=False))
     """
 
-    def __init__(self, refresh_rate: float = 4.0, leave: bool = True, force: bool = False) -> None:
+    def __init__(
+        self,
+        refresh_rate: float = 4.0,
+        leave: bool = True,
+        force: bool = False,
+        summary: bool = True,
+    ) -> None:
         self.refresh_interval = 1.0 / refresh_rate
         self.leave = leave
         self.force = force
+        self.summary = summary
         self._bar: Any = None
         self._last_draw = 0.0
         self._epoch_start = 0.0
@@ -47,7 +61,18 @@ class ProgressBar(Callback):
         """Without a terminal only the epoch lines are printed: the bar's hooks stay silent."""
         if hook in _BAR_HOOKS and self._hook_is_from(ProgressBar, hook):
             return self._is_interactive()
+        if hook == "on_fit_start" and self._hook_is_from(ProgressBar, hook):
+            return self.summary
         return super().uses_hook(hook)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Print the model summary: a table on a terminal, one line otherwise."""
+        if not trainer.is_global_zero:
+            return
+        if self._is_interactive():
+            print(summary_table(trainer.model), flush=True)
+        else:
+            print(summary_line(trainer.model), flush=True)
 
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         """Open this epoch's bar."""

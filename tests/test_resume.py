@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,19 @@ def test_worker_side_transforms_warn_once_at_a_mid_epoch_save(run_dir: Path) -> 
     with pytest.warns(UserWarning, match="workers apply the data set's transform") as caught:
         trainer.fit()
     assert sum("transform" in str(w.message) for w in caught) == 1
+
+
+def test_sigkill_right_after_a_checkpoint_keeps_every_event_up_to_it(tmp_path: Path) -> None:
+    """The logger flushes before each checkpoint: killed once one is on disk, nothing up to
+    its step is missing from TensorBoard."""
+    process = _start(tmp_path, 0, "--slow", "0.05")
+    checkpoints = tmp_path / "version_0" / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not (saved := sorted(checkpoints.glob("last-*step=6.ckpt"))):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, saved
+    steps = _scalar_steps(tmp_path, "train/loss")
+    assert [step for step in steps if step <= 6] == [2, 4, 6]

@@ -3,20 +3,18 @@
 `Trainer(hparams=...)` takes any mapping (the command line passes the resolved config). Without
 one, the trainer records its own plain-valued options and the class names of its objects, so
 every run has something to compare in TensorBoard's HParams tab. Dashboards want flat names
-with scalar values, so nested configs become dotted names (`optimizer.lr`) and lists become text;
-people want the nested form, so `to_yaml` writes it as YAML without a YAML library's import.
+with scalar values and few of them, so `dashboard_hparams` picks the values that tell runs apart
+(the optimizer and its lr, batch size, model, epochs, seed); people want the whole nested form,
+so `to_yaml` writes it as YAML for the config text.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["default_hparams", "flatten_hparams", "plain_hparams", "to_yaml"]
+__all__ = ["dashboard_hparams", "default_hparams", "flatten_hparams", "plain_hparams", "to_yaml"]
 
 # Constructor options that are plumbing, not choices that change the result.
 _NOT_HYPERPARAMETERS = frozenset(
@@ -24,11 +22,21 @@ _NOT_HYPERPARAMETERS = frozenset(
      "progress_bar", "logger", "checkpoint", "hparams", "device", "log_every_n_steps"}
 )  # fmt: skip
 _OBJECTS = ("optimizer", "loss_fn", "scheduler")
-# Strings YAML reads as they are: a letter or `_` first, then word characters and a few marks
-# that start nothing in YAML, no colon, no `#`, no space at either end.
-_PLAIN_STRING = re.compile(r"[^\W\d][\w.+/()@-]*(?: [\w.+/()@-]+)*")
-# Words YAML 1.1 (PyYAML, OmegaConf) reads as booleans or null.
-_YAML_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null"})
+# Where the values that tell runs apart sit: in `default_hparams`' flat form, and in a config
+# (`class_path` beside its arguments, or under `init_args`).
+_KEY_HPARAMS = {
+    name: [(name,), *((section, name) for section in sections),
+           *((section, "init_args", name) for section in sections)]
+    for name, sections in {
+        "optimizer": (), "lr": ("optimizer",), "batch_size": ("data", "trainer"),
+        "model": (), "max_epochs": ("trainer",), "seed": ("trainer",),
+    }.items()
+}  # fmt: skip
+_CLASSES = frozenset({"optimizer", "model"})  # shown by class name: "AdamW", not its path
+# A config's sections: their values reach the HParams tab only through `_KEY_HPARAMS`.
+_SECTIONS = frozenset(
+    {"model", "data", "optimizer", "scheduler", "loss_fn", "metrics", "callbacks", "trainer"}
+)
 
 
 def default_hparams(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,54 +114,45 @@ def _name_of(value: Any) -> str:
 def to_yaml(hparams: Mapping[str, Any]) -> str:
     """The hyperparameters as block-style YAML, for people to read (the config text).
 
-    Objects become their names (`plain_hparams`). A string is quoted, JSON style, only where
-    YAML would read it as something else (`"yes"`, `"1e-3"`, `"a: b"`, `""`), so a YAML parser
-    gives back the plain hyperparameters.
+    Objects become their names (`plain_hparams`); PyYAML quotes what it must, so a YAML parser
+    gives back the plain hyperparameters. Characters beyond ASCII are written as escapes: with
+    them written as they are, PyYAML reads U+0085 inside a quoted string back as a space.
     """
-    return "\n".join(_yaml_lines(plain_hparams(hparams), "")) + "\n"
+    import yaml  # the config's parser brings it; only a run that logs its config loads it
+
+    return yaml.safe_dump(plain_hparams(hparams), sort_keys=False, default_flow_style=False)
 
 
-def _yaml_lines(value: Any, indent: str) -> list[str]:
-    """`value` (a mapping, a list or a scalar) as lines of YAML at `indent`."""
-    if isinstance(value, Mapping) and value:
-        lines = []
-        for name, item in value.items():
-            key = f"{indent}{_yaml_scalar(str(name))}:"
-            if isinstance(item, (Mapping, list)) and item:
-                lines += [key, *_yaml_lines(item, indent + "  ")]
-            else:
-                lines.append(f"{key} {_yaml_scalar(item)}")
-        return lines
-    if isinstance(value, list) and value:
-        lines = []
-        for item in value:
-            if isinstance(item, (Mapping, list)) and item:
-                first, *rest = _yaml_lines(item, indent + "  ")
-                lines += [f"{indent}- {first.lstrip()}", *rest]
-            else:
-                lines.append(f"{indent}- {_yaml_scalar(item)}")
-        return lines
-    return [f"{indent}{_yaml_scalar(value)}"]
+def dashboard_hparams(
+    hparams: Mapping[str, Any], trainer_options: Collection[str] = ()
+) -> dict[str, bool | int | float | str]:
+    """The values that tell runs apart, flat, for TensorBoard's HParams tab.
+
+    From a config (`trainer fit`) or the defaults: the optimizer and its `lr`, the
+    `batch_size`, the model, `max_epochs` and the `seed`, where the hyperparameters hold them.
+    Entries of your own `Trainer(hparams=...)` that are neither config sections nor Trainer
+    options (`trainer_options`) are added, flattened. Callbacks' settings stay in the config
+    text, out of the comparison.
+    """
+    chosen: dict[str, Any] = {}
+    for name, paths in _KEY_HPARAMS.items():
+        for path in paths:
+            value = _lookup(hparams, path)
+            if isinstance(value, Mapping):
+                value = value.get("class_path")
+            if isinstance(value, (bool, int, float, str)):
+                chosen[name] = value.rsplit(".", 1)[-1] if name in _CLASSES else value
+                break
+    own = {
+        name: value
+        for name, value in hparams.items()
+        if name not in _SECTIONS and name not in chosen and name not in trainer_options
+    }
+    return chosen | flatten_hparams(own)
 
 
-def _yaml_scalar(value: Any) -> str:
-    """One value as YAML reads it back: null, true/false, a number, a string or `{}`/`[]`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
-        text = repr(value)
-        # YAML 1.1 reads `1e-05` as text: its floats need a dot, as in `1.0e-05`.
-        return text if "." in text else text.replace("e", ".0e", 1)
-    if isinstance(value, Mapping):
-        return "{}"
-    if isinstance(value, list):
-        return "[]"
-    if _PLAIN_STRING.fullmatch(value) and value.lower() not in _YAML_WORDS:
-        return value
-    return json.dumps(value, ensure_ascii=False)
+def _lookup(hparams: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = hparams
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value

@@ -171,11 +171,13 @@ def read_events(folder: Path) -> EventAccumulator:
     return events
 
 
-RUN_DESCRIPTION = (
-    "_hparams_/session_start_info",
-    "config/text_summary",
-    "custom_scalars__config__",
-)
+# Written at step 0, and once the first epoch (5 steps) has logged every figure.
+RUN_DESCRIPTION = {
+    "_hparams_/session_start_info": 0,
+    "config/text_summary": 0,
+    "custom_scalars__config__": 0,  # SummaryWriter writes a layout at step 0
+    "_hparams_/experiment": 5,
+}
 
 
 def test_a_fresh_run_describes_itself_once_and_a_resume_adds_nothing(
@@ -185,13 +187,21 @@ def test_a_fresh_run_describes_itself_once_and_a_resume_adds_nothing(
     start_a_new_second()
     trainer_factory(logger=True, checkpoint=True, max_epochs=3).fit(ckpt_path="last")
     events = read_events(run_dir / "version_0")
-    for tag in RUN_DESCRIPTION:
-        assert [event.step for event in events.Tensors(tag)] == [0], tag
+    for tag, step in RUN_DESCRIPTION.items():
+        assert [event.step for event in events.Tensors(tag)] == [step], tag
     [text] = events.Tensors("config/text_summary")
     assert text.tensor_proto.string_val[0].decode() == "    optimizer:\n      lr: 0.1"
     assert events.SummaryMetadata("_hparams_/session_start_info").plugin_data.plugin_name == (
         "hparams"
     )
+
+
+def test_epoch_is_left_to_the_csv_and_the_history(
+    trainer_factory: Callable, run_dir: Path
+) -> None:
+    history = trainer_factory(logger=True, max_epochs=1).fit()
+    assert "epoch" in history[0]
+    assert "epoch" not in read_scalars(run_dir / "version_0")
 
 
 def test_log_hparams_false_writes_no_hparams_or_config(

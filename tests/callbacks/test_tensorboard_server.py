@@ -116,9 +116,10 @@ def csv_columns(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_scalar_tags_and_points_match_what_was_logged(board: Board, runs: Path) -> None:
     logged = csv_columns(runs / RUN / "metrics.csv")
+    del logged["epoch"]  # the CSV's; TensorBoard has its step axis
     tags = board.get("/data/plugin/scalars/tags")[RUN]
     assert set(tags) == set(logged)
-    assert {"train/loss", "train/loss_epoch", "val/loss", "val/acc", "lr", "epoch",
+    assert {"train/loss", "train/loss_epoch", "val/loss", "val/acc", "lr",
             "train/samples_per_sec"} <= set(tags)  # fmt: skip
     for tag, points in logged.items():
         served = board.get("/data/plugin/scalars/scalars", run=RUN, tag=tag)
@@ -130,12 +131,16 @@ def test_scalar_tags_and_points_match_what_was_logged(board: Board, runs: Path) 
     assert len(logged["train/loss"]) == max(step for step, _ in logged["val/loss"]) // 10
 
 
-def test_hparams_tab_lists_the_config_and_the_final_metrics(board: Board, runs: Path) -> None:
+def test_hparams_tab_compares_the_key_values_and_opens_on_the_monitored_metric(
+    board: Board, runs: Path
+) -> None:
     experiment = board.post("/data/plugin/hparams/experiment", {"experimentName": ""})
-    names = {info["name"] for info in experiment["hparamInfos"]}
-    assert {"optimizer.lr", "model.hidden", "trainer.max_epochs", "callbacks.0.patience"} <= names
-    metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-    assert {"val/loss", "val/acc", "train/loss_epoch"} <= metrics
+    names = [info["name"] for info in experiment["hparamInfos"]]
+    assert names == ["batch_size", "lr", "max_epochs", "model", "optimizer", "seed"]
+    metrics = [info["name"]["tag"] for info in experiment["metricInfos"]]
+    # The tab shows the first five as it opens: EarlyStopping's val/acc, then val/loss.
+    assert metrics[:3] == ["val/acc", "val/loss", "train/loss_epoch"]
+    assert {"lr", "train/loss", "train/samples_per_sec"} <= set(metrics)
 
     groups = board.post(
         "/data/plugin/hparams/session_groups",
@@ -148,24 +153,39 @@ def test_hparams_tab_lists_the_config_and_the_final_metrics(board: Board, runs: 
         },
     )["sessionGroups"]
     assert len(groups) == 1
+    assert groups[0]["name"] == "version_0 (digits)"
     assert groups[0]["sessions"][0]["name"] == RUN
-    assert groups[0]["hparams"]["optimizer.lr"] == pytest.approx(0.002)
-    assert groups[0]["hparams"]["model.hidden"] == "[256, 128]"
+    assert groups[0]["hparams"] == {
+        "batch_size": 64, "lr": pytest.approx(0.002), "max_epochs": 2, "model": "MLP",
+        "optimizer": "AdamW", "seed": 0,
+    }  # fmt: skip
     final = {value["name"]["tag"]: value["value"] for value in groups[0]["metricValues"]}
     final_val_acc = csv_columns(runs / RUN / "metrics.csv")["val/acc"][-1][1]
     assert final["val/acc"] == pytest.approx(final_val_acc, rel=1e-6)
 
 
-def test_custom_scalars_put_train_and_val_loss_on_one_chart(board: Board) -> None:
+def test_custom_scalars_open_on_the_monitored_metric_and_draw_only_logged_figures(
+    board: Board,
+) -> None:
     layout = board.get("/data/plugin/custom_scalars/layout")
-    charts = {
-        chart["title"]: chart["multiline"]["tag"]
-        for category in layout["category"]
-        for chart in category["chart"]
-    }
-    assert charts["loss"] == ["^train/loss_epoch$", "^val/loss$"]
-    assert charts["acc"] == ["^train/acc_epoch$", "^val/acc$"]
-    assert "learning rate" in charts
+    charts = [chart for category in layout["category"] for chart in category["chart"]]
+    assert [chart["title"] for chart in charts[:2]] == [
+        "val/acc", "val/loss, shaded to train/loss_epoch",
+    ]  # fmt: skip
+    margin = charts[1]["margin"]["series"][0]
+    assert (margin["value"], margin["lower"], margin["upper"]) == (
+        "val/loss", "train/loss_epoch", "val/loss",
+    )  # fmt: skip
+    tags = set(board.get("/data/plugin/scalars/tags")[RUN])
+    for chart in charts:  # every chart draws something: no gradient norm without clipping
+        patterns = chart.get("multiline", {}).get("tag", [])
+        served = [
+            board.get("/data/plugin/custom_scalars/scalars", run=RUN, tag=pattern)
+            for pattern in patterns
+        ]
+        assert not patterns or any(served), chart["title"]
+    assert "gradient norm" not in {chart["title"] for chart in charts}
+    assert tags
 
 
 def test_the_resolved_config_is_shown_as_text(board: Board) -> None:

@@ -219,3 +219,9 @@ def test_a_config_names_classes_of_the_current_directory(
     monkeypatch.chdir(tmp_path)
     assert cli.main(["fit", "--config", "job.yaml"]) == 0, capsys.readouterr().err
     assert "trained:       1 epochs" in capsys.readouterr().out
+
+
+def test_an_average_of_the_weights_validates_better_than_the_weights() -> None:
+    figures = run_example("ema_digits", "--epochs", "4")
+    assert figures["ema_val_loss"] < figures["plain_val_loss"]
+    assert figures["ema_val_acc"] >= figures["plain_val_acc"]

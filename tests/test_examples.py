@@ -151,6 +151,17 @@ def test_contrastive_training_pulls_pairs_together_and_pushes_others_apart() -> 
     assert figures["twin_found_after"] > 2 * figures["twin_found_before"]
 
 
+def test_the_gan_networks_compete_and_samples_are_written() -> None:
+    figures = run_example("gan_digits", "--epochs", "8")
+    assert figures["generator_change"] > 0 and figures["discriminator_change"] > 0
+    # Neither side has won: the discriminator still catches some fakes and misses others.
+    assert 0.05 < figures["d_acc_fake"] < 0.95
+    assert 0.05 < figures["d_acc_real"] < 1.0
+    assert figures["sample_files"] == 8
+    grid = Path("runs/gan_digits/version_0/samples_epoch007.png")
+    assert grid.read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_is_a_script_with_help(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -162,6 +162,16 @@ def test_the_gan_networks_compete_and_samples_are_written() -> None:
     assert grid.read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_vae_bound_improves_and_only_validation_draws_reconstructions() -> None:
+    figures = run_example("vae_digits", "--epochs", "3")
+    assert figures["last_train_neg_elbo"] < figures["first_train_neg_elbo"] - 5
+    assert figures["last_val_neg_elbo"] < figures["first_val_neg_elbo"] - 3
+    assert figures["pictures_after_fit"] == 3  # one per validation
+    assert figures["pictures_added_by_test"] == 0  # test_step ran validation_step: no picture
+    pictures = sorted(path.name for path in Path("runs/vae_digits/version_0").glob("*.png"))
+    assert pictures == [f"reconstructions_epoch{epoch:03d}.png" for epoch in range(3)]
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_is_a_script_with_help(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

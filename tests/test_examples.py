@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from trainer import cli
+from trainer.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(path.stem for path in (REPO / "examples").glob("*.py") if path.stem != "__init__")
@@ -170,6 +171,17 @@ def test_the_vae_bound_improves_and_only_validation_draws_reconstructions() -> N
     assert figures["pictures_added_by_test"] == 0  # test_step ran validation_step: no picture
     pictures = sorted(path.name for path in Path("runs/vae_digits/version_0").glob("*.png"))
     assert pictures == [f"reconstructions_epoch{epoch:03d}.png" for epoch in range(3)]
+
+
+def test_tbptt_resumes_exactly_with_its_hidden_state_and_drifts_without_it() -> None:
+    figures = run_example("tbptt", "--epochs", "3", "--resume-at", "30")
+    assert figures["batches_per_epoch"] == 20  # step 30 is mid-epoch: the state matters there
+    assert figures["loss"] < 0.05  # the sine is learnt (the noise alone is 0.05**2)
+    assert figures["resumed_identical"] == 1.0  # torch.equal, every parameter
+    assert figures["forgetful_identical"] == 0.0 and figures["forgetful_difference"] > 1e-4
+    (checkpoint,) = Path("runs/tbptt/straight").glob("version_0/checkpoints/*step=30.ckpt")
+    hidden, cell = load_checkpoint(checkpoint)["trainer"]["hidden"]
+    assert hidden.shape == cell.shape == (1, 16, 32)  # (layers, streams, features)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

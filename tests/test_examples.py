@@ -184,6 +184,15 @@ def test_tbptt_resumes_exactly_with_its_hidden_state_and_drifts_without_it() -> 
     assert hidden.shape == cell.shape == (1, 16, 32)  # (layers, streams, features)
 
 
+def test_lbfgs_reaches_the_least_squares_fit_that_sgd_does_not_in_as_many_steps() -> None:
+    figures = run_example("lbfgs_regression", "--steps", "10")
+    best = figures["least_squares_loss"]
+    assert figures["lbfgs_loss"] == pytest.approx(best, rel=1e-3)
+    assert figures["sgd_loss"] > 10 * best  # the same 10 steps
+    assert figures["sgd_same_evaluations_loss"] > 3 * best  # as many gradients as LBFGS took
+    assert 10 < figures["evaluations"] <= 10 * 20
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_is_a_script_with_help(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from trainer import cli
+from trainer.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(path.stem for path in (REPO / "examples").glob("*.py") if path.stem != "__init__")
@@ -149,6 +150,47 @@ def test_contrastive_training_pulls_pairs_together_and_pushes_others_apart() -> 
     pair_gap_after = figures["pair_similarity_after"] - figures["other_similarity_after"]
     assert pair_gap_after > pair_gap_before + 0.4
     assert figures["twin_found_after"] > 2 * figures["twin_found_before"]
+
+
+def test_the_gan_networks_compete_and_samples_are_written() -> None:
+    figures = run_example("gan_digits", "--epochs", "8")
+    assert figures["generator_change"] > 0 and figures["discriminator_change"] > 0
+    # Neither side has won: the discriminator still catches some fakes and misses others.
+    assert 0.05 < figures["d_acc_fake"] < 0.95
+    assert 0.05 < figures["d_acc_real"] < 1.0
+    assert figures["sample_files"] == 8
+    grid = Path("runs/gan_digits/version_0/samples_epoch007.png")
+    assert grid.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_vae_bound_improves_and_only_validation_draws_reconstructions() -> None:
+    figures = run_example("vae_digits", "--epochs", "3")
+    assert figures["last_train_neg_elbo"] < figures["first_train_neg_elbo"] - 5
+    assert figures["last_val_neg_elbo"] < figures["first_val_neg_elbo"] - 3
+    assert figures["pictures_after_fit"] == 3  # one per validation
+    assert figures["pictures_added_by_test"] == 0  # test_step ran validation_step: no picture
+    pictures = sorted(path.name for path in Path("runs/vae_digits/version_0").glob("*.png"))
+    assert pictures == [f"reconstructions_epoch{epoch:03d}.png" for epoch in range(3)]
+
+
+def test_tbptt_resumes_exactly_with_its_hidden_state_and_drifts_without_it() -> None:
+    figures = run_example("tbptt", "--epochs", "3", "--resume-at", "30")
+    assert figures["batches_per_epoch"] == 20  # step 30 is mid-epoch: the state matters there
+    assert figures["loss"] < 0.05  # the sine is learnt (the noise alone is 0.05**2)
+    assert figures["resumed_identical"] == 1.0  # torch.equal, every parameter
+    assert figures["forgetful_identical"] == 0.0 and figures["forgetful_difference"] > 1e-4
+    (checkpoint,) = Path("runs/tbptt/straight").glob("version_0/checkpoints/*step=30.ckpt")
+    hidden, cell = load_checkpoint(checkpoint)["trainer"]["hidden"]
+    assert hidden.shape == cell.shape == (1, 16, 32)  # (layers, streams, features)
+
+
+def test_lbfgs_reaches_the_least_squares_fit_that_sgd_does_not_in_as_many_steps() -> None:
+    figures = run_example("lbfgs_regression", "--steps", "10")
+    best = figures["least_squares_loss"]
+    assert figures["lbfgs_loss"] == pytest.approx(best, rel=1e-3)
+    assert figures["sgd_loss"] > 10 * best  # the same 10 steps
+    assert figures["sgd_same_evaluations_loss"] > 3 * best  # as many gradients as LBFGS took
+    assert 10 < figures["evaluations"] <= 10 * 20
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -132,6 +132,49 @@ def test_help_lists_commands_and_override_syntax() -> None:
     assert "--config" in result.stdout and "--trainer.max_epochs 3" in result.stdout
 
 
+def test_trainer_alone_lists_the_commands_and_ends_with_one_error_line() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    for command in ("fit", "validate", "test", "predict", "lr-find", "plot"):
+        assert f"\n    {command} " in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no command; choose one of fit, validate, test, predict, lr-find, plot, "
+        "e.g. trainer fit --config configs/digits_mlp.yaml"
+    )
+
+
+def test_a_trainer_option_without_its_section_is_one_error_line_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--epochs", "3"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: unknown key 'epochs' (did you mean 'trainer.max_epochs'?); "
+        "write --trainer.max_epochs 3."
+    )
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_word_for_the_learning_rate_names_optimizer_lr(tmp_path: Path) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--optimizer.lr", "abc"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: optimizer.lr: expected a number, got 'abc'; write it as a number, "
+        "e.g. --optimizer.lr 0.001.\n"
+    )
+
+
+def test_ckpt_path_of_a_run_dir_without_checkpoints_is_one_error_line(tmp_path: Path) -> None:
+    for choice in ("best", "last"):
+        result = run_cli("validate", *job_args(tmp_path, "--ckpt_path", choice))
+        assert result.returncode == 2
+        error = result.stderr.splitlines()[-1]
+        assert error.startswith(f"error: --ckpt_path {choice}: no checkpoint in {tmp_path}")
+        assert error.endswith("Train first with `trainer fit` and the same config and run_dir, "
+                              "or pass the path of a .ckpt file.")
+        assert "Traceback" not in result.stderr
+
+
 def test_missing_config_is_a_clear_error() -> None:
     result = run_cli("fit")
     assert result.returncode == 2

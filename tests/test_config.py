@@ -54,9 +54,11 @@ def test_default_config_builds_the_documented_objects() -> None:
     assert job.trainer_kwargs["seed"] == 0
     assert isinstance(job.trainer_kwargs["loss_fn"], nn.CrossEntropyLoss)
     assert job.trainer_kwargs["metrics"] == {"acc": accuracy}
-    assert [type(callback).__name__ for callback in job.trainer_kwargs["callbacks"]] == [
-        "EarlyStopping"
-    ]
+    callbacks = job.trainer_kwargs["callbacks"]
+    assert [type(callback).__name__ for callback in callbacks] == [
+        "EarlyStopping", "ModelCheckpoint"
+    ]  # the checkpoint keeps the best epoch, so `--ckpt_path best` works on the default job
+    assert (callbacks[1].monitor.name, callbacks[1].monitor.mode) == ("val/acc", "max")
 
 
 def test_later_files_merge_over_earlier_ones(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from trainer.callbacks.monitor import MissingMetricError
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, build_job, config_to_yaml, load_config
 from trainer.preemption import TrainingInterrupted
+from trainer.report import executable
 from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
@@ -164,8 +165,8 @@ def _checkpoint_problem(args: argparse.Namespace, error: CheckpointError) -> str
 def _resume_command(args: argparse.Namespace, extras: list[str], checkpoint: Path) -> str:
     """`trainer fit` with the same configs and overrides, from exactly `checkpoint`."""
     configs = [part for path in args.config for part in ("--config", path)]
-    words = ["trainer", "fit", *configs, *extras, "--ckpt_path", str(checkpoint)]
-    return shlex.join(words)
+    words = ["fit", *configs, *extras, "--ckpt_path", str(checkpoint)]
+    return f"{executable('trainer')} {shlex.join(words)}"
 
 
 def overrides_to_dotlist(args: Sequence[str]) -> list[str]:

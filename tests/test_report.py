@@ -8,8 +8,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import make_trainer
 
-from trainer.report import executable, shell_path
+from trainer.callbacks import EarlyStopping
+from trainer.report import executable, fit_summary, shell_path
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 
@@ -40,3 +42,22 @@ def test_a_program_without_a_script_runs_as_a_module_of_this_interpreter(
 ) -> None:
     monkeypatch.setenv("PATH", "")
     assert executable("no-such-program") == f"{shell_path(sys.executable)} -m no-such-program"
+
+
+def test_summary_without_a_ranked_checkpoint_takes_the_best_epoch_from_early_stopping(
+    run_dir: Path,
+) -> None:
+    stopper = EarlyStopping(monitor="val/loss", patience=5)
+    trainer = make_trainer(run_dir, callbacks=[stopper], checkpoint=True, max_epochs=3)
+    history = trainer.fit()
+    lines = {
+        label: text.strip()
+        for label, text in (line.split(":", 1) for line in fit_summary(trainer, history))
+    }
+    best = history[stopper.best_epoch]
+    assert lines["best epoch"].startswith(f"{stopper.best_epoch + 1} by val/loss: ")
+    assert f"val/loss {best['val/loss']:.4g} (final {history[-1]['val/loss']:.4g})" in (
+        lines["best epoch"]
+    )
+    assert lines["best weights"].startswith("not kept; a ModelCheckpoint(monitor=...)")
+    assert lines["trained"] == "3 epochs, 15 optimizer steps"

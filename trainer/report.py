@@ -54,8 +54,8 @@ def _best_lines(
 ) -> list[str]:
     """The best epoch by the checkpoint ranking (or by early stopping's watch, which keeps
     no file), its figures beside the final value, and where its weights are."""
-    ranked = _first(trainer, ModelCheckpoint, lambda checkpoint: checkpoint.best_model_path)
-    if ranked is not None and ranked.monitor is not None:
+    ranked = _first(trainer, ModelCheckpoint, _has_best_epoch)
+    if ranked is not None:
         name, epoch, value = ranked.monitor.name, ranked.best_model_epoch, ranked.best_model_score
         weights = f"{shell_path(ranked.best_model_path)} (--ckpt_path best)"
     else:
@@ -71,6 +71,10 @@ def _best_lines(
         f"best epoch:    {epoch + 1} by {name}: {format_figures(figures, ', ')}",
         f"best weights:  {weights}",
     ]
+
+
+def _has_best_epoch(checkpoint: ModelCheckpoint) -> bool:
+    return checkpoint.monitor is not None and checkpoint.best_model_epoch is not None
 
 
 def _first(trainer: Trainer, kind: type, test: Any) -> Any:

@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 .PHONY: train test lint tensorboard docs clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing PyTorch with its CUDA libraries, TensorBoard, scikit-learn, matplotlib,"
+	@echo "MkDocs, pytest, ruff and this project (editable) into $(VENV)/, about 6 GB in all."
+	@echo "pip stays quiet until it is done: about 2.5 minutes on a 2-core machine with a fast"
+	@echo "connection, longer on a slow one. Later runs skip this step."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

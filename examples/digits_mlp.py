@@ -2,7 +2,7 @@
 
 This is `configs/digits_mlp.yaml` written out as a script, so the two ways of describing a
 run can be read side by side: the same model, data, optimizer, scheduler, metric and
-callback, and the same seed, give the same weights. It ends by reporting accuracy on the
+callbacks, and the same seed, give the same weights. It ends by reporting accuracy on the
 held-out test set, which training never saw.
 
     python examples/digits_mlp.py
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainer import EarlyStopping, Trainer, seed_everything
+from trainer.callbacks import ModelCheckpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 from trainer.models import MLP
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_loader=data.train_loader(),
         val_loader=data.val_loader(),
         metrics={"acc": accuracy},
-        callbacks=[EarlyStopping(monitor="val/acc", mode="max", patience=10)],
+        callbacks=[
+            EarlyStopping(monitor="val/acc", mode="max", patience=10),
+            ModelCheckpoint(monitor="val/acc", mode="max"),  # keeps the best epoch too
+        ],
         max_epochs=args.epochs,
         run_dir=args.run_dir,
         log_every_n_steps=10,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -19,6 +24,16 @@ DEFAULT_CONFIG = REPO / "configs" / "digits_mlp.yaml"
 TEST_SET_SIZE = 270  # 15% of scikit-learn's 1,797 digits, DigitsData's default split
 
 
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+# A plain shell, as a newcomer's after `make train`: the environment's bin/ is not on PATH.
+PLAIN_ENV = os.environ | {
+    "PATH": os.pathsep.join(
+        folder for folder in os.environ.get("PATH", "").split(os.pathsep)
+        if folder and Path(folder).resolve() != SCRIPTS.resolve()
+    )
+}  # fmt: skip
+
+
 def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trainer", *map(str, args)],
@@ -26,7 +41,14 @@ def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         timeout=120,
+        env=PLAIN_ENV,
     )
+
+
+def printed(stdout: str, label: str) -> str:
+    """What the summary line `label:` says, such as the command after `view them:`."""
+    prefix = f"{label}:".ljust(15)
+    return next(line[len(prefix):] for line in stdout.splitlines() if line.startswith(prefix))
 
 
 def job_args(run_dir: Path, *extra: str) -> list[str | Path]:
@@ -51,16 +73,85 @@ def fitted_run(
 def test_fit_prints_a_summary_and_writes_events(fitted_run: tuple) -> None:
     run_dir, result = fitted_run
     assert result.returncode == 0, result.stderr
-    assert "trained:       2 epochs" in result.stdout
+    assert "trained:       2 epochs, 40 optimizer steps\n" in result.stdout
     assert "final metrics: train/loss" in result.stdout and "val/acc" in result.stdout
     run = run_dir.resolve() / "version_0"
     assert f"run files:     {run} (config.yaml" in result.stdout
-    assert f"tensorboard --logdir {run_dir.resolve()}\n" in result.stdout
-    assert f"trainer plot {run}\n" in result.stdout
+    assert printed(result.stdout, "view them").endswith(f" --logdir {run_dir.resolve()}")
+    assert printed(result.stdout, "plot them").endswith(f" plot {run}")
     assert list(run.glob("events.out.tfevents.*"))
     assert len(list((run / "checkpoints").glob("last-epoch=1-step=*.ckpt"))) == 1
     saved = (run / "config.yaml").read_text()
     assert "max_epochs: 2" in saved and "T_max: 2" in saved
+
+
+def test_fit_names_the_best_epoch_its_figures_and_its_checkpoint(fitted_run: tuple) -> None:
+    run_dir, result = fitted_run
+    history = list(csv.DictReader((run_dir / "version_0" / "metrics.csv").open()))
+    accuracies = [float(row["val/acc"]) for row in history if row.get("val/acc")]
+    best = accuracies.index(max(accuracies))  # epoch from 0; the first of equals
+    line = printed(result.stdout, "best epoch")
+    assert line.startswith(f"{best + 1} by val/acc: train/loss ")
+    assert f"val/acc {accuracies[best]:.4g} (final {accuracies[-1]:.4g})" in line
+    weights = run_dir / "version_0" / "checkpoints" / f"epoch={best}-step={20 * (best + 1)}.ckpt"
+    assert printed(result.stdout, "best weights") == f"{weights} (--ckpt_path best)"
+    assert weights.is_file()
+
+
+def test_validate_ckpt_path_best_loads_the_best_epoch(fitted_run: tuple) -> None:
+    run_dir, fit = fitted_run
+    result = run_cli("validate", *job_args(run_dir, "--ckpt_path", "best"))
+    assert result.returncode == 0, result.stderr
+    best_acc = printed(fit.stdout, "best epoch").split("val/acc ")[1].split(" ")[0]
+    assert f"val/acc {best_acc}\n" in result.stdout
+
+
+def test_printed_commands_work_pasted_into_a_shell_without_the_environment_on_path(
+    fitted_run: tuple, tmp_path: Path
+) -> None:
+    """`view them` starts TensorBoard on the run_dir (each run listed by its folder) and
+    `plot them` writes the PNG, from the CLI's own folder, with PATH as a plain shell has it."""
+    run_dir, result = fitted_run
+    view, plot = printed(result.stdout, "view them"), printed(result.stdout, "plot them")
+    if (SCRIPTS / "tensorboard").is_file():  # else installed elsewhere, found by name
+        assert not view.startswith("tensorboard "), "not on PATH, so named by its path"
+    shell = {"cwd": REPO, "env": PLAIN_ENV, "timeout": 120}
+    plotted = subprocess.run(["bash", "-c", plot], capture_output=True, text=True, **shell)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (run_dir / "version_0" / "metrics.png").stat().st_size > 0
+
+    with socket.socket() as probe:  # a free port; TensorBoard binds it a moment later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "tensorboard.log").open("w")
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec {view} --host 127.0.0.1 --port {port}"],
+        cwd=REPO, env=PLAIN_ENV, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        runs = wait_for_tensorboard_runs(port, server, deadline=time.monotonic() + 120)
+    finally:
+        server.terminate()  # by its PID: `exec` made the shell's process TensorBoard itself
+        server.wait(timeout=30)
+        log.close()
+    assert "version_0" in runs, (tmp_path / "tensorboard.log").read_text()
+
+
+def wait_for_tensorboard_runs(port: int, server: subprocess.Popen, deadline: float) -> list:
+    """The runs TensorBoard lists once it has read the log folder (it starts empty)."""
+    import urllib.request
+
+    runs: list = []
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as page:
+                runs = json.load(page)
+        except OSError:  # not listening yet
+            pass
+        if runs:
+            return runs
+        time.sleep(0.5)
+    return runs
 
 
 def test_validate_reports_metrics_of_the_last_checkpoint(fitted_run: tuple) -> None:
@@ -132,6 +223,49 @@ def test_help_lists_commands_and_override_syntax() -> None:
     assert "--config" in result.stdout and "--trainer.max_epochs 3" in result.stdout
 
 
+def test_trainer_alone_lists_the_commands_and_ends_with_one_error_line() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    for command in ("fit", "validate", "test", "predict", "lr-find", "plot"):
+        assert f"\n    {command} " in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no command; choose one of fit, validate, test, predict, lr-find, plot, "
+        "e.g. trainer fit --config configs/digits_mlp.yaml"
+    )
+
+
+def test_a_trainer_option_without_its_section_is_one_error_line_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--epochs", "3"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "error: unknown key 'epochs' (did you mean 'trainer.max_epochs'?); "
+        "write --trainer.max_epochs 3."
+    )
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_word_for_the_learning_rate_names_optimizer_lr(tmp_path: Path) -> None:
+    result = run_cli("fit", *job_args(tmp_path, "--optimizer.lr", "abc"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: optimizer.lr: expected a number, got 'abc'; write it as a number, "
+        "e.g. --optimizer.lr 0.001.\n"
+    )
+
+
+def test_ckpt_path_of_a_run_dir_without_checkpoints_is_one_error_line(tmp_path: Path) -> None:
+    for choice in ("best", "last"):
+        result = run_cli("validate", *job_args(tmp_path, "--ckpt_path", choice))
+        assert result.returncode == 2
+        error = result.stderr.splitlines()[-1]
+        assert error.startswith(f"error: --ckpt_path {choice}: no checkpoint in {tmp_path}")
+        assert error.endswith("Train first with `trainer fit` and the same config and run_dir, "
+                              "or pass the path of a .ckpt file.")
+        assert "Traceback" not in result.stderr
+
+
 def test_missing_config_is_a_clear_error() -> None:
     result = run_cli("fit")
     assert result.returncode == 2
@@ -197,7 +331,8 @@ def test_ctrl_c_ends_fit_with_130_and_the_command_that_resumes_exactly_this_run(
     resume = shlex.split(printed)
     saved = Path(resume[resume.index("--ckpt_path") + 1])
     assert saved.parent == folder.resolve() and saved.is_file()
-    assert resume[:2] == ["trainer", "fit"] and resume[2:-2] == command[4:]
+    assert Path(resume[0]).name == "trainer" and resume[1] == "fit"
+    assert resume[2:-2] == command[4:]
     # Pasted (with an end in sight), it continues this run in its folder.
     stop_at = load_checkpoint(saved)["state"]["epoch"] + 1
     again = run_cli(*resume[1:], "--trainer.max_epochs", str(stop_at))

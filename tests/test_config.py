@@ -54,9 +54,11 @@ def test_default_config_builds_the_documented_objects() -> None:
     assert job.trainer_kwargs["seed"] == 0
     assert isinstance(job.trainer_kwargs["loss_fn"], nn.CrossEntropyLoss)
     assert job.trainer_kwargs["metrics"] == {"acc": accuracy}
-    assert [type(callback).__name__ for callback in job.trainer_kwargs["callbacks"]] == [
-        "EarlyStopping"
-    ]
+    callbacks = job.trainer_kwargs["callbacks"]
+    assert [type(callback).__name__ for callback in callbacks] == [
+        "EarlyStopping", "ModelCheckpoint"
+    ]  # the checkpoint keeps the best epoch, so `--ckpt_path best` works on the default job
+    assert (callbacks[1].monitor.name, callbacks[1].monitor.mode) == ("val/acc", "max")
 
 
 def test_later_files_merge_over_earlier_ones(tmp_path: Path) -> None:
@@ -138,6 +140,31 @@ def test_unknown_top_level_key_names_the_nearest_section() -> None:
     assert "unknown key 'modle'" in message
     assert "did you mean 'model'" in message.lower()
     assert "trainer" in message  # the valid keys are listed
+
+
+def test_option_given_without_its_section_names_the_full_key_and_the_override() -> None:
+    message = error_of(load("--epochs", "3"))
+    assert message.startswith("unknown key 'epochs' (did you mean 'trainer.max_epochs'?)")
+    assert "write --trainer.max_epochs 3." in message
+    assert "write --optimizer.lr 0.01." in error_of(load("--lr", "0.01"))
+    assert "write --callbacks.0.patience 5." in error_of(load("--patience", "5"))
+
+
+def test_misspelt_section_is_matched_against_sections_only() -> None:
+    message = error_of(load("--modle.hidden", "[8]"))
+    assert "(did you mean 'model'?); rename it to 'model'." in message
+
+
+def test_a_word_where_a_number_belongs_names_the_key_before_anything_is_built() -> None:
+    message = error_of(load("--optimizer.lr", "abc"))
+    assert message == (
+        "optimizer.lr: expected a number, got 'abc'; write it as a number, "
+        "e.g. --optimizer.lr 0.001."
+    )
+    message = error_of(load("--trainer.max_epochs", "abc"))  # before T_max, its copy
+    assert message.startswith("trainer.max_epochs: expected a number, got 'abc'")
+    message = error_of(load("--trainer.progress_bar", "maybe"))
+    assert "trainer.progress_bar: expected true or false, got 'maybe'" in message
 
 
 def test_unknown_trainer_key_names_the_nearest_trainer_keyword() -> None:

@@ -28,3 +28,8 @@ def test_the_default_job_reaches_97_percent_and_logs_its_dashboards(tmp_path: Pa
     assert {"train/loss", "val/loss", "val/acc", "lr"} <= tags
     assert len(events.Scalars("val/acc")) == len(history)
     assert list(trainer.checkpoint_dir.glob("last-*.ckpt"))
+    # The best epoch by val/acc keeps its checkpoint, for `--ckpt_path best`.
+    best = max(history, key=lambda record: record["val/acc"])  # the first of equals
+    assert [path.name for path in trainer.checkpoint_dir.glob("epoch=*.ckpt")] == [
+        f"epoch={int(best['epoch'])}-step={20 * (int(best['epoch']) + 1)}.ckpt"
+    ]

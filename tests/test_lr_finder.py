@@ -14,6 +14,7 @@ from torch import nn
 
 from trainer import Trainer, cli
 from trainer.lr_finder import find_lr
+from trainer.report import executable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +171,8 @@ def test_lr_find_command_prints_the_suggestion_and_writes_the_plot(
     assert "model and optimizer restored afterwards" in out
     suggestion = out.split("suggested lr:  ")[1].split()[0]
     assert 1e-5 < float(suggestion) < 1.0
-    assert f"use it:        trainer fit --config {config} --optimizer.lr {suggestion}\n" in out
+    use = f"fit --config {config} --optimizer.lr {suggestion}\n"
+    assert f"use it:        {executable('trainer')} {use}" in out  # runnable as pasted
     assert (tmp_path / "lr_find.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "lr_find.csv").read_text().startswith("lr,loss,raw_loss")
     # A sweep is not a run: no run folder, nothing saved.

@@ -536,7 +536,8 @@ def best_checkpoint(checkpoint: dict[str, Any], folder: Path) -> tuple[Path, dic
     if not best:
         raise CheckpointError(
             f"no best checkpoint recorded in {folder}; 'best' needs a "
-            "ModelCheckpoint(monitor=...) in the run that saved it."
+            "ModelCheckpoint(monitor=...) in the run that saved it: train with one among "
+            "the callbacks, or use 'last' for the run's newest state."
         )
     checkpoint = load_checkpoint(best)
     check_run_checkpoint(checkpoint, best)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from trainer import commands
 from trainer.callbacks.monitor import MissingMetricError
+from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, build_job, config_to_yaml, load_config
 from trainer.preemption import TrainingInterrupted
+from trainer.report import executable
 from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `trainer COMMAND --help` for the flags and override syntax of a command.",
         allow_abbrev=False,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Not required: `trainer` alone gets the list of commands and our one-line error.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in _COMMANDS.items():
         command = commands.add_parser(
             name,
@@ -112,7 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     key and the fix, not the frames of our code. A run stopped by a signal prints the
     command that resumes exactly it.
     """
-    args, extras = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        print(
+            f"\nerror: no command; choose one of {', '.join([*_COMMANDS, 'plot'])}, e.g. "
+            "trainer fit --config configs/digits_mlp.yaml",
+            file=sys.stderr,
+        )
+        return 2
     # As with `python -m trainer`: a config's class_path may name a module of the current
     # directory (your models.py, the repository's examples/), even from the console script.
     if os.getcwd() not in sys.path:
@@ -121,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, extras)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except CheckpointError as error:  # what --ckpt_path names cannot be used
+        print(f"error: {_checkpoint_problem(args, error)}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, MissingMetricError) as error:  # the run's own verdicts
         print(f"error: {error}", file=sys.stderr)
@@ -134,11 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _checkpoint_problem(args: argparse.Namespace, error: CheckpointError) -> str:
+    """The checkpoint error under the flag that chose the file, with what to run first."""
+    message = str(error)
+    if args.ckpt_path is None:
+        return message
+    if message.startswith("no checkpoint in"):  # nothing trained there yet
+        message += (
+            " Train first with `trainer fit` and the same config and run_dir, or pass the "
+            "path of a .ckpt file."
+        )
+    return f"--ckpt_path {args.ckpt_path}: {message}"
+
+
 def _resume_command(args: argparse.Namespace, extras: list[str], checkpoint: Path) -> str:
     """`trainer fit` with the same configs and overrides, from exactly `checkpoint`."""
     configs = [part for path in args.config for part in ("--config", path)]
-    words = ["trainer", "fit", *configs, *extras, "--ckpt_path", str(checkpoint)]
-    return shlex.join(words)
+    words = ["fit", *configs, *extras, "--ckpt_path", str(checkpoint)]
+    return f"{executable('trainer')} {shlex.join(words)}"
 
 
 def overrides_to_dotlist(args: Sequence[str]) -> list[str]:

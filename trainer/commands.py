@@ -17,6 +17,7 @@ from typing import Any
 
 from trainer.callbacks.base import Callback
 from trainer.config import ConfigError, Job, config_to_yaml
+from trainer.report import executable, fit_summary, format_figures
 
 __all__ = ["RUNNERS", "fit", "lr_find", "plot", "predict", "test", "validate"]
 
@@ -47,16 +48,8 @@ def fit(job: Job, ckpt_path: str | None) -> None:
     job = dataclasses.replace(job, trainer_kwargs=job.trainer_kwargs | {"callbacks": callbacks})
     trainer = job.make_trainer(**loaders, **hparams)
     history = trainer.fit(ckpt_path=ckpt_path)
-    if not trainer.is_global_zero:  # under torchrun, rank 0 reports for all ranks
-        return
-    final = {k: v for k, v in (history[-1] if history else trainer.metrics).items() if k != "epoch"}
-    run_dir, log_dir = Path(trainer.run_dir).resolve(), Path(trainer.log_dir).resolve()
-    print(f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps")
-    print(f"final metrics: {_format(final, ', ')}")
-    print(f"run files:     {log_dir} (config.yaml, checkpoints/, metrics.csv, TensorBoard events)")
-    # TensorBoard lists each run of run_dir by its folder: version_0, version_1, ...
-    print(f"view them:     tensorboard --logdir {shlex.quote(str(run_dir))}")
-    print(f"plot them:     trainer plot {shlex.quote(str(log_dir))}")
+    if trainer.is_global_zero:  # under torchrun, rank 0 reports for all ranks
+        print("\n".join(fit_summary(trainer, history)))
 
 
 def validate(job: Job, ckpt_path: str | None) -> None:
@@ -64,7 +57,7 @@ def validate(job: Job, ckpt_path: str | None) -> None:
     trainer = job.make_trainer(val_loader=_loader(job, "val_loader", "validate"))
     figures = trainer.validate(ckpt_path=ckpt_path)
     if trainer.is_global_zero:
-        print(_format(figures, "\n"))
+        print(format_figures(figures, "\n"))
 
 
 def test(job: Job, ckpt_path: str | None) -> None:
@@ -73,7 +66,7 @@ def test(job: Job, ckpt_path: str | None) -> None:
     trainer = job.make_trainer()
     figures = trainer.test(loader, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
-        print(_format(figures, "\n"))
+        print(format_figures(figures, "\n"))
 
 
 def predict(job: Job, ckpt_path: str | None) -> None:
@@ -150,7 +143,8 @@ def lr_find(
     print(f"suggested lr:  {result.suggestion:.3g} (where the loss falls fastest)")
     if job.config.get("optimizer"):
         configs = " ".join(f"--config {shlex.quote(path)}" for path in config_paths)
-        print(f"use it:        trainer fit {configs} --optimizer.lr {result.suggestion:.3g}")
+        command = f"{executable('trainer')} fit {configs}"
+        print(f"use it:        {command} --optimizer.lr {result.suggestion:.3g}")
 
 
 def _loader(job: Job, method: str, command: str) -> Any:
@@ -162,10 +156,3 @@ def _loader(job: Job, method: str, command: str) -> Any:
             f"{command}` needs; add one or choose a data class that has it."
         )
     return make_loader()
-
-
-def _format(metrics: Mapping[str, Any], separator: str) -> str:
-    return separator.join(
-        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
-        for name, value in metrics.items()
-    )

@@ -193,6 +193,7 @@ class _Signature:
     names: list[str]  # what can be passed by keyword
     required: list[str]
     accepts_any: bool  # a **kwargs parameter
+    kinds: dict[str, str]  # "number" or "boolean", for parameters that take only those
 
 
 def _signature(target: Any, skip_first: bool) -> _Signature | None:
@@ -209,7 +210,37 @@ def _signature(target: Any, skip_first: bool) -> _Signature | None:
         names=[parameter.name for parameter in named],
         required=[parameter.name for parameter in named if parameter.default is Parameter.empty],
         accepts_any=any(parameter.kind is Parameter.VAR_KEYWORD for parameter in parameters),
+        kinds={p.name: kind for p in named if (kind := _value_kind(p)) is not None},
     )
+
+
+def _value_kind(parameter: Parameter) -> str | None:
+    """"number" or "boolean" when the default or the annotation says only that fits."""
+    default, annotation = parameter.default, parameter.annotation
+    words = set() if annotation is Parameter.empty else set(str(annotation).split(" | "))
+    if isinstance(default, bool) or words == {"bool"}:
+        return "boolean"
+    if isinstance(default, int | float) or (words and words <= {"int", "float", "None"}):
+        return "number"
+    return None
+
+
+def _check_value_kinds(arguments: Mapping[str, Any], signature: _Signature, key: str) -> None:
+    """A word where a number or true/false belongs fails here, named, not deep in a
+    constructor with "'<=' not supported between instances of 'float' and 'str'"."""
+    for name, value in arguments.items():
+        kind = signature.kinds.get(name)
+        if kind == "number" and isinstance(value, str):
+            example = "0.001" if name in ("lr", "learning_rate") else "3"
+            raise ConfigError(
+                f"{key}.{name}: expected a number, got {value!r}; "
+                f"write it as a number, e.g. --{key}.{name} {example}."
+            )
+        if kind == "boolean" and not isinstance(value, bool) and value is not None:
+            raise ConfigError(
+                f"{key}.{name}: expected true or false, got {value!r}; "
+                f"write --{key}.{name} true or --{key}.{name} false."
+            )
 
 
 def _split_entry(entry: Any, key: str) -> tuple[Any, dict[str, Any]]:
@@ -228,6 +259,7 @@ def _check_arguments(target: Any, arguments: Mapping[str, Any], key: str, how: H
         return
     if not signature.accepts_any:
         _check_known(arguments, ["class_path", *signature.names], key)
+    _check_value_kinds(arguments, signature, key)
     if how == "auto" and not inspect.isclass(target):
         return  # a function becomes a partial; whoever calls it supplies the rest
     missing = [name for name in signature.required if name not in arguments]
@@ -304,13 +336,17 @@ def _trainer_section(section: Any, build: bool) -> tuple[Any, dict[str, Any]]:
     if signature is not None and not signature.accepts_any:
         valid = ["class_path", *(name for name in signature.names if name not in _FILLED_BY)]
         _check_known(section, valid, "trainer")
+    if signature is not None:
+        _check_value_kinds(section, signature, "trainer")
     return trainer_class, {
         name: _value(value, f"trainer.{name}", build) for name, value in section.items()
     }
 
 
 def _check_top_level(config: Mapping[str, Any]) -> None:
-    _check_known(config, SECTIONS, prefix="")
+    for name in config:
+        if name not in SECTIONS:
+            raise ConfigError(_unknown_top_level_key(str(name), config))
     for name in ("model", "data"):
         if config.get(name) is None:
             raise ConfigError(
@@ -322,6 +358,63 @@ def _check_top_level(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"seed: expected an integer or null; got {seed!r}.")
 
 
+def _unknown_top_level_key(name: str, config: Mapping[str, Any]) -> str:
+    """The message for a top-level key that is no section, such as `--epochs 3`.
+
+    A mapping there is a misspelt section; a value is most often an option written without
+    its section, so the nearest Trainer keywords and keys of the config's sections count too.
+    """
+    value = config[name]
+    is_section = isinstance(value, Mapping)
+    candidates = {section: section for section in SECTIONS}
+    if not is_section:
+        candidates |= _option_names(config)
+    by_last: dict[str, list[str]] = {}
+    for full, last in candidates.items():
+        by_last.setdefault(last, []).append(full)
+    # Spellings and parts both count: `epochs` finds trainer.max_epochs, `lr` optimizer.lr.
+    close = difflib.get_close_matches(name, list(by_last), n=3, cutoff=0.7)
+    close += [last for last in by_last if name in last.split("_") and last not in close]
+    matches = [full for last in close for full in by_last[last]][:3]
+    sections = f"The top-level keys are the sections: {', '.join(SECTIONS)}"
+    if not matches:
+        return (
+            f"unknown key {name!r}; fix or remove it. {sections}; a Trainer option goes "
+            "under trainer, e.g. --trainer.max_epochs 3."
+        )
+    if is_section:
+        fix = f"rename it to {matches[0]!r}"
+    else:
+        shown = str(value) if isinstance(value, int | float) else "VALUE"
+        fix = f"write --{matches[0]} {shown}"
+    suggestions = " or ".join(repr(match) for match in matches)
+    return f"unknown key {name!r} (did you mean {suggestions}?); {fix}. {sections}."
+
+
+def _option_names(config: Mapping[str, Any]) -> dict[str, str]:
+    """Full keys of the options a config could hold (`optimizer.lr`, `callbacks.0.patience`,
+    every `trainer.` keyword), each mapped to its last part."""
+    names: dict[str, str] = {}
+    for section in SECTIONS:
+        value = config.get(section)
+        entries = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, entry in entries:
+            prefix = section if index is None else f"{section}.{index}"
+            if isinstance(entry, Mapping):
+                names |= {f"{prefix}.{key}": str(key) for key in entry if key != "class_path"}
+    trainer = config.get("trainer")
+    trainer_class = trainer.get("class_path") if isinstance(trainer, Mapping) else None
+    try:
+        target = import_path(trainer_class or "trainer.Trainer", "trainer.class_path")
+    except ConfigError:  # reported on its own once the top level is right
+        return names
+    signature = _signature(target, skip_first=True)
+    for keyword in signature.names if signature is not None else []:
+        if keyword not in _FILLED_BY:
+            names.setdefault(f"trainer.{keyword}", keyword)
+    return names
+
+
 def build_job(config: Mapping[str, Any]) -> Job:
     """Check every key of a loaded config, then build its objects.
 
@@ -329,8 +422,9 @@ def build_job(config: Mapping[str, Any]) -> Job:
     model allocated; seeding torch before the model is built makes its initial weights repeat.
     """
     _check_top_level(config)
-    _sections(config, build=False)
+    # trainer: first, as other sections interpolate its values (T_max: ${trainer.max_epochs})
     _trainer_section(config.get("trainer"), build=False)
+    _sections(config, build=False)
     seed = config.get("seed")
     if seed is not None:
         import torch

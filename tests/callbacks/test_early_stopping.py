@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,43 @@ def test_stops_after_patience_epochs_without_improvement(run_dir: Path) -> None:
     assert stopper.best_epoch == 1
     assert stopper.stopped_epoch == 4
     assert trainer.epoch == 5
+
+
+def test_stopping_prints_one_line_with_monitor_best_epoch_and_patience(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stopper = EarlyStopping(patience=3, min_delta=0.01)
+    trainer = scripted_trainer(
+        run_dir, {"loss": [1.0, 0.8, 0.9, 0.85, 0.95, 0.7, 0.6]}, callbacks=[stopper]
+    )
+    trainer.fit()
+    captured = capsys.readouterr()
+    assert captured.out == (
+        "Early stopping after epoch 5: val/loss is 0.95 and has not improved by more than "
+        "0.01 for 3 epochs (patience 3); best 0.8 at epoch 2.\n"
+    )  # epochs counted from 1, as the progress bar counts them
+    assert captured.err == ""
+
+
+def test_a_run_that_does_not_stop_early_prints_nothing(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scripted_trainer(run_dir, {"loss": [1.0, 0.9]}, callbacks=[EarlyStopping()]).fit()
+    assert capsys.readouterr().out == ""
+
+
+def test_the_stop_line_goes_above_an_open_progress_bar(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tqdm.auto import tqdm
+
+    from trainer.callbacks.progress import write_line
+
+    with tqdm(total=3, file=sys.stdout, ncols=40) as bar:
+        bar.update(1)
+        write_line("Early stopping after epoch 2: ...")
+    lines = capsys.readouterr().out.replace("\r", "\n").splitlines()
+    assert "Early stopping after epoch 2: ..." in lines  # a line of its own, not torn
 
 
 def test_improvement_resets_the_patience_count(run_dir: Path) -> None:

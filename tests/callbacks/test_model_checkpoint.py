@@ -42,6 +42,11 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
         assert torch.equal(saved["model"][name], tensor), name
 
 
+def test_best_model_epoch_and_score_are_none_before_a_ranked_save() -> None:
+    checkpoint = ModelCheckpoint(monitor="val/loss")
+    assert (checkpoint.best_model_epoch, checkpoint.best_model_score) == (None, None)
+
+
 def test_checkpoint_false_writes_nothing(trainer_factory: Callable, run_dir: Path) -> None:
     trainer_factory(checkpoint=False).fit()
     assert not (run_dir / "version_0" / "checkpoints").exists()
@@ -73,6 +78,7 @@ def test_top_k_keeps_exactly_k_files_named_by_epoch_and_step(run_dir: Path) -> N
         "last-epoch=4-step=25.ckpt",
     ]
     assert checkpoint.best_model_path == str(folder / "epoch=3-step=20.ckpt")
+    assert (checkpoint.best_model_epoch, checkpoint.best_model_score) == (3, pytest.approx(0.2))
     assert checkpoint.best_k == {
         str(folder / "epoch=1-step=10.ckpt"): pytest.approx(0.3),
         str(folder / "epoch=3-step=20.ckpt"): pytest.approx(0.2),

@@ -9,6 +9,7 @@ import torch
 
 from trainer.callbacks.base import Callback
 from trainer.callbacks.monitor import Monitor
+from trainer.callbacks.progress import write_line
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -57,6 +58,24 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = trainer.epoch
             trainer.should_stop = True
+            if trainer.is_global_zero:
+                write_line(self.reason(value))
+
+    def reason(self, value: float) -> str:
+        """One line saying when and why training stopped; epochs count from 1, as the
+        progress bar counts them."""
+        assert self.stopped_epoch is not None
+        name, delta = self.monitor.name, self.monitor.min_delta
+        by = f" by more than {delta:g}" if delta else ""
+        if self.best_epoch is None:  # NaN from the start: nothing ever counted as a best
+            best = "no epoch gave a value to compare"
+        else:
+            best = f"best {self.best:.4g} at epoch {self.best_epoch + 1}"
+        epochs = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"
+        return (
+            f"Early stopping after epoch {self.stopped_epoch + 1}: {name} is {value:.4g} and "
+            f"has not improved{by} for {epochs} (patience {self.patience}); {best}."
+        )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Put the best epoch's weights back when asked to."""

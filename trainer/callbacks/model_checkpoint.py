@@ -4,6 +4,7 @@ one and the best `save_top_k` by a monitored metric."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,17 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.last_model_path = ""
         self._saved_step = 0
+
+    @property
+    def best_model_score(self) -> float | None:
+        """The monitored value of `best_model_path`, None before a ranked save."""
+        return self.best_k.get(self.best_model_path)
+
+    @property
+    def best_model_epoch(self) -> int | None:
+        """The epoch (from 0) of `best_model_path`, read from its name; None before one."""
+        match = re.fullmatch(r"epoch=(\d+)-step=\d+\.ckpt", Path(self.best_model_path).name)
+        return int(match.group(1)) if match else None
 
     def uses_hook(self, hook: str) -> bool:
         """Skip the per-batch hook when no step saves are asked for (the usual case)."""

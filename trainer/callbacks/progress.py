@@ -20,7 +20,22 @@ from trainer.summary import summary_line, summary_table
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "write_line"]
+
+
+def write_line(text: str) -> None:
+    """Print a line for the user above any open progress bar, which is redrawn below it.
+
+    tqdm is asked only when something already imported it: a run without a bar stays free
+    of it, and a plain `print` would tear an open bar in two.
+    """
+    if "tqdm" in sys.modules:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+    else:
+        print(text, flush=True)
 
 
 class ProgressBar(Callback):

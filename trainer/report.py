@@ -116,14 +116,16 @@ def executable(name: str) -> str:
 
 
 def shell_path(path: str | Path, is_command: bool = False) -> str:
-    """`path` for pasting into a shell at this working directory: relative when that is
-    shorter, else absolute, quoted when it needs to be. A command keeps a `/` in it, so the
-    shell runs that file instead of looking the name up on `PATH`."""
+    """`path` for pasting into a shell at this working directory: relative when it lies
+    inside that directory, else absolute, quoted when it needs to be. A command keeps a `/`
+    in it, so the shell runs that file instead of looking the name up on `PATH`."""
     absolute = os.path.abspath(path)
     try:
         relative = os.path.relpath(absolute)
     except ValueError:  # on another drive (Windows): only the absolute path reaches it
         relative = absolute
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        relative = absolute  # a `../` path reads as a puzzle; outside, say where it is
     if is_command and os.sep not in relative:
         relative = os.path.join(os.curdir, relative)
     return shlex.quote(min(relative, absolute, key=len))

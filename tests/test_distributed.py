@@ -314,7 +314,7 @@ def test_an_exception_on_one_rank_ends_the_torchrun_job_with_its_message(tmp_pat
 def test_ranks_with_different_batch_counts_fail_at_once_naming_the_counts(tmp_path: Path) -> None:
     finished = _finish(_start(tmp_path, "--samples-on-rank-1", "48"))
     # Both fail; now and then (about 1 run in 15 on a loaded machine) gloo's threads abort
-    # rank 0 while it exits after the error (-6 instead of 1): a known exit-time race, below.
+    # rank 0 while it exits after the error (-6 instead of 1); see Distributed.teardown.
     assert all(code in (1, -6) for code in finished.returncodes), "\n".join(finished.outputs)
     for output in finished.outputs:
         assert "the ranks disagree on the number of training batches per epoch" in output

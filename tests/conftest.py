@@ -106,3 +106,20 @@ def assert_same_final_state(expected_run: Path, actual_run: Path, context: str) 
             other = actual["optimizer"]["state"][index][key]
             assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
     assert expected["state"]["global_step"] == actual["state"]["global_step"]
+
+
+def assert_equal_states(left: Any, right: Any, where: str = "") -> None:
+    """Nested dicts, lists and tensors are equal, tensors bit for bit."""
+    if isinstance(left, torch.Tensor):
+        assert isinstance(right, torch.Tensor), where
+        assert torch.equal(left, right), where
+    elif isinstance(left, dict):
+        assert left.keys() == right.keys(), where
+        for key in left:
+            assert_equal_states(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, (list, tuple)):
+        assert len(left) == len(right), where
+        for index, (a, b) in enumerate(zip(left, right, strict=True)):
+            assert_equal_states(a, b, f"{where}[{index}]")
+    else:
+        assert left == right, where

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp, make_trainer
+from conftest import assert_equal_states, make_loader, make_mlp, make_trainer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,23 +42,6 @@ class WritesMarker:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open, (str(self.marker), "w"))
-
-
-def assert_equal_states(left: Any, right: Any, where: str = "") -> None:
-    """Nested dicts, lists and tensors are equal, tensors bit for bit."""
-    if isinstance(left, torch.Tensor):
-        assert isinstance(right, torch.Tensor), where
-        assert torch.equal(left, right), where
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys(), where
-        for key in left:
-            assert_equal_states(left[key], right[key], f"{where}.{key}")
-    elif isinstance(left, (list, tuple)):
-        assert len(left) == len(right), where
-        for index, (a, b) in enumerate(zip(left, right, strict=True)):
-            assert_equal_states(a, b, f"{where}[{index}]")
-    else:
-        assert left == right, where
 
 
 def leftover_temporaries(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_mlp
+from conftest import assert_equal_states, make_mlp
 from torch import nn
 from torch.utils.data import (
     DataLoader,
@@ -185,21 +185,6 @@ def _final_state(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def _assert_equal(expected: Any, actual: Any, where: str) -> None:
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and torch.equal(expected, actual), where
-    elif isinstance(expected, dict):
-        assert set(expected) == set(actual), f"{where}: keys {set(expected) ^ set(actual)}"
-        for key in expected:
-            _assert_equal(expected[key], actual[key], f"{where}/{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(actual), where
-        for index, (a, b) in enumerate(zip(expected, actual, strict=True)):
-            _assert_equal(a, b, f"{where}/{index}")
-    else:
-        assert expected == actual, f"{where}: {expected!r} != {actual!r}"
-
-
 _straight_cache: dict[tuple[str, str], dict[str, Any]] = {}
 
 
@@ -249,12 +234,12 @@ def test_resuming_from_every_checkpoint_of_a_run_ends_identically(
     run = _trainer(tmp_path / "run", loader, checkpoint=saver)
     run.fit()
     expected = _straight(tmp_path, loader, "per epoch")
-    _assert_equal(expected, _final_state(run), f"{loader}: checkpointing changed the run")
+    assert_equal_states(expected, _final_state(run), f"{loader}: checkpointing changed the run")
     files = sorted(saver.dirpath.glob("*.ckpt"))
     assert len(files) >= EPOCHS, files
     for file in files:
         resumed = _resume_from(tmp_path, file, loader, "per epoch")
-        _assert_equal(expected, _final_state(resumed), f"{loader}, resumed from {file.name}")
+        assert_equal_states(expected, _final_state(resumed), f"{loader}, resumed from {file.name}")
 
 
 @pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
@@ -275,7 +260,7 @@ def test_a_run_stopped_early_continues_to_the_straight_runs_end(
         resumed = _trainer(run_dir, loader, scheduler)
         resumed.fit(ckpt_path="last")
         where = f"{loader}, {scheduler} scheduler, {stop} at step {step}"
-        _assert_equal(expected, _final_state(resumed), where)
+        assert_equal_states(expected, _final_state(resumed), where)
 
 
 def test_a_checkpoint_without_the_subclass_state_changes_the_run(tmp_path: Path) -> None:

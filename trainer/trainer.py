@@ -475,18 +475,16 @@ class Trainer:
             outputs["loss"] = loss = loss.detach()
             if is_used and self.log_loss_as:  # what self.log does, without its checks
                 self._logs.add_train(self.log_loss_as, loss)
+        self.state.batches_in_epoch += 1
         if owns_update:
             self.precision.update()  # the loss scale moves once all optimizers stepped
             if is_boundary:  # no gradient outlives its window (a checkpoint holds none)
                 for _, optimizer in named(self.optimizers):
                     optimizer.zero_grad(set_to_none=True)
-            self.state.batches_in_epoch += 1
             self._count_step()
-        else:
-            self.state.batches_in_epoch += 1
-            if is_boundary:
-                self._update(self.optimizer, window=(batch_idx % scale) + 1)
-                self._count_step()
+        elif is_boundary:
+            self._update(self.optimizer, window=(batch_idx % scale) + 1)
+            self._count_step()
         return outputs
 
     def backward(self, loss: torch.Tensor) -> None:

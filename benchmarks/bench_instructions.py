@@ -137,8 +137,10 @@ def main() -> None:
         run_ratio = (fixed + full_run * step) / (hand_fixed + full_run * hand_step)
         print(f"{variant:17} {step:10,.0f} {step / hand_step:7.4f} {fixed - hand_fixed:12,.0f} "
               f"{run_ratio:9.4f}")  # fmt: skip
-    print(f"(fixed: instructions beyond the hand-written loop's, once per run; {os.cpu_count()} "
-          "CPUs, counts do not depend on them)")
+    print(
+        f"(fixed: instructions beyond the hand-written loop's, once per run; {os.cpu_count()} "
+        "CPUs, counts do not depend on them)"
+    )
 
 
 if __name__ == "__main__":

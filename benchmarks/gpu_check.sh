@@ -17,7 +17,7 @@
 #               mixed mode ends more than 2 points of val/acc below "32"
 #   benchmark   bf16-mixed with compile=True on the gpu-compute workload: Trainer against a
 #               hand-written loop, fresh processes, interleaved; fails above a paired median
-#               ratio of 1.02
+#               per-step ratio of 1.02
 #   sync-debug  no host synchronisation between log steps under
 #               torch.cuda.set_sync_debug_mode("error") ("32" and "bf16-mixed")
 # Each step prints PASS, FAIL or SKIP with its time; the script ends with a summary table

@@ -85,7 +85,9 @@ class RunningMeans:
         total, weight = self._sums.get(name, 0.0), self._weights.get(name, 0.0)
         if self._pending.get(name):
             values, weights = zip(*self._pending[name], strict=True)
-            stacked = torch.stack([value.reshape(()) for value in values])
+            # A loss is 0-d already; reshaping each value would cost more than the stack.
+            scalars = [value if value.dim() == 0 else value.reshape(()) for value in values]
+            stacked = torch.stack(scalars)
             factors = torch.tensor(weights, dtype=torch.float32, device=stacked.device)
             total = total + (stacked.float() * factors).sum()
             weight += sum(weights)

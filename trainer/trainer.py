@@ -537,11 +537,12 @@ class Trainer:
         else:
             stepped = self._step_with_closure(optimizer, closure)
         optimizer.zero_grad(set_to_none=True)
-        scheduler = self._scheduler_of(optimizer)
         if not stepped:  # the GradScaler found inf/nan gradients: the schedule waits too
             self.state.skipped_steps += 1
-        elif scheduler is not None and self.scheduler_interval == "step":
-            scheduler.step()
+        elif self.scheduler_interval == "step":
+            scheduler = self._scheduler_of(optimizer)
+            if scheduler is not None:
+                scheduler.step()
         return stepped
 
     def _step_with_closure(

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -130,17 +132,30 @@ def test_printed_commands_work_pasted_into_a_shell_without_the_environment_on_pa
     )  # fmt: skip
     try:
         runs = wait_for_tensorboard_runs(port, server, deadline=time.monotonic() + 120)
+        served_tags = get_json(port, "/data/plugin/scalars/tags").get("version_0", {})
+        page = urllib.parse.urlsplit(printed(result.stdout, "then open"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?{page.query}") as response:
+            assert response.status == 200 and b"<html" in response.read(2000).lower()
     finally:
         server.terminate()  # by its PID: `exec` made the shell's process TensorBoard itself
         server.wait(timeout=30)
         log.close()
     assert "version_0" in runs, (tmp_path / "tensorboard.log").read_text()
+    # The address opens Time Series with the monitored metric and the losses pinned on top.
+    assert (page.netloc, page.fragment) == ("localhost:6006", "timeseries")
+    (cards,) = urllib.parse.parse_qs(page.query)["pinnedCards"]
+    pinned = [card["tag"] for card in json.loads(cards) if card["plugin"] == "scalars"]
+    assert pinned == ["val/acc", "val/loss", "train/loss"]
+    assert set(pinned) <= set(served_tags), served_tags
+
+
+def get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as page:
+        return json.load(page)
 
 
 def wait_for_tensorboard_runs(port: int, server: subprocess.Popen, deadline: float) -> list:
     """The runs TensorBoard lists once it has read the log folder (it starts empty)."""
-    import urllib.request
-
     runs: list = []
     while time.monotonic() < deadline and server.poll() is None:
         try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.early_stopping import EarlyStopping
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
+from trainer.callbacks.tensorboard import TensorBoardLogger
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -44,9 +45,18 @@ def fit_summary(trainer: Trainer, history: Sequence[Mapping[str, float]]) -> lis
         "(config.yaml, checkpoints/, metrics.csv, TensorBoard events)",
         # TensorBoard lists each run of run_dir by its folder: version_0, version_1, ...
         f"view them:     {executable('tensorboard')} --logdir {shell_path(trainer.run_dir)}",
+        *_dashboard_line(trainer),
         f"plot them:     {executable('trainer')} plot {shell_path(trainer.log_dir)}",
     ]
     return lines
+
+
+def _dashboard_line(trainer: Trainer) -> list[str]:
+    """The address that opens TensorBoard (on its default port) with the figures that judge
+    the run pinned on top, where by name `lr` and `train` would come first."""
+    logger = _first(trainer, TensorBoardLogger, lambda callback: True)
+    url = logger.time_series_url(trainer) if logger is not None else None
+    return [f"then open:     {url}"] if url else []
 
 
 def _best_lines(

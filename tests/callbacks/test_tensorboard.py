@@ -270,3 +270,40 @@ def test_throughput_and_grad_norm_are_scalars_when_logged(
     assert steps_of(scalars["train/samples_per_sec"]) == [2, 4, 6, 8, 10]
     assert steps_of(scalars["train/grad_norm"]) == [2, 4, 6, 8, 10]
     assert all(value > 0 for _, value in scalars["train/samples_per_sec"])
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "has_validation", "log_every_n_steps", "pinned"),
+    [
+        ([], True, 2, ["val/loss", "train/loss"]),
+        ([ModelCheckpoint(monitor="val/acc", mode="max")], True, 2,
+         ["val/acc", "val/loss", "train/loss"]),
+        ([ModelCheckpoint(monitor="val/loss")], True, 2, ["val/loss", "train/loss"]),
+        ([ModelCheckpoint(monitor="train/loss")], False, 2, ["train/loss"]),
+        ([], False, 2, ["train/loss"]),
+        ([], True, 50, ["val/loss", "train/loss_epoch"]),  # no log step in 10 steps
+    ],
+)  # fmt: skip
+def test_time_series_address_pins_the_monitored_metric_and_the_losses_that_were_logged(
+    trainer_factory: Callable, run_dir: Path, callbacks: list, has_validation: bool,
+    log_every_n_steps: int, pinned: list[str],
+) -> None:  # fmt: skip
+    import json
+    import urllib.parse
+
+    overrides = {} if has_validation else {"val_loader": None}
+    logger = TensorBoardLogger()
+    trainer = trainer_factory(
+        logger=logger, callbacks=callbacks, log_every_n_steps=log_every_n_steps, **overrides
+    )
+    trainer.fit()
+    address = urllib.parse.urlsplit(logger.time_series_url(trainer, port=6123))
+    assert (address.netloc, address.fragment) == ("localhost:6123", "timeseries")
+    (cards,) = urllib.parse.parse_qs(address.query)["pinnedCards"]
+    assert json.loads(cards) == [{"plugin": "scalars", "tag": tag} for tag in pinned]
+    assert set(pinned) <= read_scalars(run_dir / "version_0").keys()
+
+
+def test_no_time_series_address_before_anything_was_logged(trainer_factory: Callable) -> None:
+    logger = TensorBoardLogger()
+    assert logger.time_series_url(trainer_factory(logger=logger)) is None

@@ -15,8 +15,10 @@ process writes.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +78,20 @@ class TensorBoardLogger(Callback):
         self._epoch_length: int | None = None
         self._tags: dict[str, None] = {}  # scalar tags in the order first logged
         self._is_layout_due = False
+
+    def time_series_url(self, trainer: Trainer, port: int = 6006) -> str | None:
+        """The Time Series tab with the monitored metric and the losses pinned on top.
+
+        TensorBoard sorts its groups by name, so `lr` and `train` would open first; pinned
+        cards come before every group, and TensorBoard reads them from the address. None
+        when none of those figures was logged.
+        """
+        tags = _pinned_tags(list(self._tags), _monitored(trainer))
+        if not tags:
+            return None
+        cards = json.dumps([{"plugin": "scalars", "tag": tag} for tag in tags], separators=",:")
+        query = urllib.parse.quote(cards, safe="/:,")
+        return f"http://localhost:{port}/?pinnedCards={query}#timeseries"
 
     def uses_hook(self, hook: str) -> bool:
         """Without histograms, the per-step histogram hooks have nothing to do."""
@@ -257,6 +273,14 @@ def _metric_order(tags: list[str], monitored: list[str]) -> list[str]:
         return 3, False
 
     return sorted(tags, key=rank)
+
+
+def _pinned_tags(tags: list[str], monitored: list[str]) -> list[str]:
+    """The figures a run is judged by: what the callbacks watch, then the losses (the
+    training loss of the log steps, or of the epochs when no log step came)."""
+    train_loss = "train/loss" if "train/loss" in tags else "train/loss_epoch"
+    wanted = dict.fromkeys([*monitored, "val/loss", train_loss])
+    return [tag for tag in wanted if tag in tags]
 
 
 def _hparam_type(value: bool | int | float | str) -> int:

@@ -76,6 +76,7 @@ class _Clock:
         self.device = device
         self.start = self.start_cpu = 0.0
         self.first_step: float | None = None
+        self.first_step_cpu = 0.0
         self.epoch_ends: list[tuple[float, float]] = []  # (wall, cpu) after each epoch
 
     def begin(self) -> None:
@@ -87,6 +88,7 @@ class _Clock:
 
         def note(module: Any, inputs: Any) -> None:
             self.first_step = time.perf_counter()
+            self.first_step_cpu = time.process_time()  # this process's CPU time since it began
             handle.remove()
 
         handle = model.register_forward_pre_hook(note)
@@ -285,6 +287,7 @@ def run_worker(variant: str, workload_name: str, settings: argparse.Namespace) -
     }
     if clock.first_step is not None:
         figures["startup"] = clock.first_step - settings.launched_at
+        figures["startup_cpu"] = clock.first_step_cpu
     if settings.device == "cuda":
         figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(figures))
@@ -331,6 +334,11 @@ def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
+def _paired_difference(runs: list[dict[str, Any]], hand: list[dict[str, Any]], key: str) -> float:
+    """Median of each round's own difference to the hand-written loop."""
+    return statistics.median(r[key] - h[key] for r, h in zip(runs, hand, strict=True))
+
+
 def _paired(runs: list[dict[str, Any]], hand: list[dict[str, Any]], key: str) -> float:
     """Median of each round's own ratio: neighbours in time share the machine's mood."""
     return statistics.median(r[key] / h[key] for r, h in zip(runs, hand, strict=True))
@@ -373,19 +381,18 @@ def compare(workload: str, settings: argparse.Namespace) -> dict[str, dict[str, 
         )
     has_startup = "startup" in hand[0]
     print(
-        f"{'variant':17}  {'start-up s (min-max)':>22} {'+paired':>8}  {'wind-down s':>11}"
-        f"  {'whole run s':>11} {'paired':>6}  {'peak MiB':>15}"
+        f"{'variant':17}  {'start-up s (min-max)':>22} {'+paired':>8} {'cpu +paired':>11}"
+        f"  {'wind-down s':>11}  {'whole run s':>11} {'paired':>6}  {'peak MiB':>15}"
     )
     hand_memory = statistics.median(r["peak_mib"] for r in hand)
     for variant, runs in results.items():
         if has_startup:
             startup = _spread([r["startup"] for r in runs])
-            figures[variant]["startup"] = statistics.median(
-                r["startup"] - h["startup"] for r, h in zip(runs, hand, strict=True)
-            )
-            startup_text = f"{startup:>22} {figures[variant]['startup']:+8.3f}"
+            figures[variant]["startup"] = _paired_difference(runs, hand, "startup")
+            cpu_startup = _paired_difference(runs, hand, "startup_cpu")
+            startup_text = f"{startup:>22} {figures[variant]['startup']:+8.3f} {cpu_startup:+11.3f}"
         else:  # under --compile the first step is not observed
-            startup_text = f"{'-':>22} {'-':>8}"
+            startup_text = f"{'-':>22} {'-':>8} {'-':>11}"
         memory = statistics.median(r["peak_mib"] for r in runs)
         print(
             f"{variant:17}  {startup_text}"
@@ -396,19 +403,15 @@ def compare(workload: str, settings: argparse.Namespace) -> dict[str, dict[str, 
             + (f" gpu {statistics.median(r['peak_gpu_mib'] for r in runs):.0f} MiB"
                if "peak_gpu_mib" in runs[0] else "")
         )  # fmt: skip
-    _print_defaults_against_saving(results)
+    if "hand-written+save" in results and "trainer-defaults" in results:
+        saving, defaults = results["hand-written+save"], results["trainer-defaults"]
+        figures["trainer-defaults"]["step_vs_save"] = _paired(defaults, saving, "step_us")
+        print(
+            f"trainer-defaults against hand-written+save (both checkpoint every epoch): per step"
+            f" paired {figures['trainer-defaults']['step_vs_save']:.3f}"
+        )
     _print_final_losses(results)
     return figures
-
-
-def _print_defaults_against_saving(results: dict[str, list[dict[str, Any]]]) -> None:
-    if "hand-written+save" not in results or "trainer-defaults" not in results:
-        return
-    saving, defaults = results["hand-written+save"], results["trainer-defaults"]
-    print(
-        f"trainer-defaults against hand-written+save (both checkpoint every epoch): per step"
-        f" paired {_paired(defaults, saving, 'step_us'):.3f}"
-    )
 
 
 def _print_final_losses(results: dict[str, list[dict[str, Any]]]) -> None:
@@ -433,14 +436,22 @@ def report_imports(rounds: int) -> None:
     )
 
 
-# (workload, variant, figure, limit): the project's speed targets on 2 CPU cores.
+# (workload, variant, figure, limit): the project's speed targets on 2 CPU cores. "step" is
+# the paired per-step ratio to the hand-written loop, "step_vs_save" to the loop that also
+# saves every epoch (like for like: the defaults checkpoint every epoch), "startup" the
+# paired start-up difference in seconds.
 TARGETS = (
+    ("overhead", "trainer-bare", "step", 1.02),
     ("overhead", "trainer-defaults", "step", 1.03),
     ("overhead", "trainer-defaults", "startup", 0.3),
-    ("overhead", "trainer-bare", "step", 1.02),
     ("compute", "trainer-bare", "step", 1.01),
-    ("compute", "trainer-defaults", "step", 1.01),
+    ("compute", "trainer-defaults", "step_vs_save", 1.01),
 )
+_TARGET_WORDS = {
+    "step": "per step, paired ratio to hand-written",
+    "step_vs_save": "per step, paired ratio to hand-written+save",
+    "startup": "start-up over hand-written, paired, s",
+}
 
 
 def _print_targets(figures: dict[str, dict[str, dict[str, float]]]) -> None:
@@ -449,9 +460,9 @@ def _print_targets(figures: dict[str, dict[str, dict[str, float]]]) -> None:
         value = figures.get(workload, {}).get(variant, {}).get(figure)
         if value is None:
             continue
-        what = "per step, paired ratio" if figure == "step" else "start-up over hand-written, s"
         verdict = "met" if value <= limit else "NOT met"
-        lines.append(f"  {workload} {variant} {what}: {value:.3f} <= {limit}: {verdict}")
+        lines.append(f"  {workload} {variant} {_TARGET_WORDS[figure]}: {value:.3f} <= {limit}:"
+                     f" {verdict}")  # fmt: skip
     if lines:
         print("\ntargets:\n" + "\n".join(lines))
 

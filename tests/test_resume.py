@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from trainer import Trainer
-from trainer.callbacks import EarlyStopping, ModelCheckpoint
+from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from trainer.trainer import NonFiniteLossError
 
 JOB = Path(__file__).parent / "jobs" / "resumable_job.py"
@@ -175,12 +175,33 @@ def test_signal_handlers_are_restored_when_fit_returns(run_dir: Path) -> None:
         """A user's own handler."""
 
     previous = signal.signal(signal.SIGTERM, mine)
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         make_trainer(run_dir).fit()
         assert signal.getsignal(signal.SIGTERM) is mine
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_sigint)
+
+
+def test_an_ignored_signal_stays_ignored_while_fitting(run_dir: Path) -> None:
+    """A job started with `&` ignores the terminal's Ctrl-C; its training must too."""
+    seen = []
+
+    class Look(Callback):
+        def on_train_epoch_end(self, trainer: Trainer) -> None:
+            seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        make_trainer(run_dir, callbacks=[Look()]).fit()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+    sigint, sigterm = seen[0]
+    assert sigint is signal.SIG_IGN
+    assert sigterm not in (signal.SIG_IGN, signal.SIG_DFL), "SIGTERM is still watched"
 
 
 def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:

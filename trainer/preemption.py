@@ -89,7 +89,10 @@ class PreemptionWatch:
         self.received = None
         if threading.current_thread() is threading.main_thread():
             for signum in self._signals():
-                self._previous[signum] = signal.signal(signum, self._record)
+                # An ignored signal stays ignored: a job started in the background (`&`)
+                # ignores the terminal's Ctrl-C, and so does its training.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._record)
         return self
 
     def __exit__(

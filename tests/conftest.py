@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ def _subprocesses_import_this_checkout() -> None:
     """Child processes (CLI runs, killed jobs) import the `trainer` under test, not another."""
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests_as_from_a_terminal() -> None:
+    """A shell starts a background job (`make test &`) with SIGINT ignored, and its children
+    inherit that, so the Ctrl-C tests would send signals that `fit` rightly ignores. Run as
+    from a terminal: Python's handler here, the default disposition in every child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

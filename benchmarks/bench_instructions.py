@@ -40,7 +40,7 @@ def run_worker(variant: str, steps: int) -> None:
     workload = dict(bench_loop.WORKLOADS["overhead"])
     settings = argparse.Namespace(device="cpu", precision="32", compile=False, threads=1)
     warm_up = dict(workload, samples=workload["batch"] * 20)
-    clock = bench_loop._Clock(warmup_epochs=0, device="cpu")
+    clock = bench_loop._Clock(device="cpu")
     # Lazy set-up (allocators, dispatch tables) happens here, outside the counting.
     bench_loop._hand_written(*bench_loop._build(warm_up, settings), 1, settings, clock)
     epochs = workload["epochs"]  # as in the real run: a checkpoint and an epoch line each

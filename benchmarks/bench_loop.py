@@ -8,12 +8,14 @@
         --compile --variants hand-written,trainer-bare --warmup-epochs 1 --fail-above 1.02
 
 Each measurement runs in a new Python process, and the variants are interleaved (A B C,
-then B C A, ...) so drift in the machine's speed hits them alike. Printed per workload:
-the median, min and max training time of each variant (wall clock; then the process's CPU
-time, which a busy shared machine disturbs less), the ratio of medians to the hand-written
-loop, the median of each round's own ratio ("paired"), peak memory, and the final loss of
-each (they must agree: same seed, same data order). Then the import time of `trainer`
-over `torch`.
+then B C A, ...) so drift in the machine's speed hits them alike. Two costs are kept apart:
+per step (the slope of time against steps from the end of the first epoch to the end of the
+last) and start-up (from launching the process to the first forward pass). Printed per
+workload: the per-step median, min and max of each variant (wall clock; then CPU time, which
+a busy shared machine disturbs less), the ratio of medians to the hand-written loop and the
+median of each round's own ratio ("paired"); then start-up with its paired difference,
+wind-down, the whole run, peak memory, and the final loss of each (they must agree: same
+seed, same data order). Then the import time of `trainer` over `torch`, and the targets.
 
 Variants: `hand-written` (the loop a researcher writes), `hand-written+save` (the same
 loop with the PyTorch tutorial's `torch.save` of model and optimizer state at every epoch
@@ -22,10 +24,11 @@ end: what a researcher's own checkpointing costs, not flushed to disk), `trainer
 on: a progress line per epoch, TensorBoard events every 50 steps, a durable checkpoint at
 every epoch end).
 
-`--warmup-epochs N` starts the clock at the end of epoch N instead of at the start (both
-loops synchronise the device there), so `torch.compile`'s compilation and CUDA's start-up
-stay out of the figure; `--fail-above R` makes the run exit 1 when trainer-bare's paired
-ratio to the hand-written loop is above R (how `benchmarks/gpu_check.sh` uses it).
+`--warmup-epochs N` starts the per-step slope at the end of epoch N instead of epoch 1
+(both loops synchronise the device at each epoch end), so `torch.compile`'s compilation and
+CUDA's start-up stay out of the figure; `--fail-above R` makes the run exit 1 when
+trainer-bare's paired per-step ratio to the hand-written loop is above R (how
+`benchmarks/gpu_check.sh` uses it).
 """
 
 from __future__ import annotations
@@ -68,20 +71,13 @@ VARIANTS = ("hand-written", "hand-written+save", "trainer-bare", "trainer-defaul
 
 # --------------------------------------------------------------------------------- one process
 class _Clock:
-    """The moments a run is measured by: its first step, each epoch's end, and where the timed
-    span starts (at `begin`, or at the end of the first `warmup_epochs`)."""
+    """The moments a run is measured by: its first step and each epoch's end."""
 
-    def __init__(self, warmup_epochs: int, device: str) -> None:
-        self.warmup_epochs = warmup_epochs
+    def __init__(self, device: str) -> None:
         self.device = device
-        self.start = self.start_cpu = 0.0
         self.first_step: float | None = None
         self.first_step_cpu = 0.0
         self.epoch_ends: list[tuple[float, float]] = []  # (wall, cpu) after each epoch
-
-    def begin(self) -> None:
-        if self.warmup_epochs == 0:
-            self.start, self.start_cpu = self._now()
 
     def watch_first_step(self, model: Any) -> None:
         """Note when the first forward pass begins, then remove the hook (no per-step cost)."""
@@ -94,16 +90,11 @@ class _Clock:
         handle = model.register_forward_pre_hook(note)
 
     def epoch_end(self) -> None:
-        self.epoch_ends.append(self._now())
-        if len(self.epoch_ends) == self.warmup_epochs:
-            self.start, self.start_cpu = self.epoch_ends[-1]
-
-    def _now(self) -> tuple[float, float]:
         if self.device == "cuda":
             import torch
 
-            torch.cuda.synchronize()  # queued kernels belong to the span they were queued in
-        return time.perf_counter(), time.process_time()
+            torch.cuda.synchronize()  # queued kernels belong to the epoch they were queued in
+        self.epoch_ends.append((time.perf_counter(), time.process_time()))
 
 
 def _build(workload: dict[str, Any], settings: argparse.Namespace) -> tuple:
@@ -253,12 +244,11 @@ def run_worker(variant: str, workload_name: str, settings: argparse.Namespace) -
 
     torch.set_num_threads(settings.threads)
     model, loader, optimizer, loss_fn = _build(workload, settings)
-    clock = _Clock(settings.warmup_epochs, settings.device)
+    clock = _Clock(settings.device)
     if not settings.compile:  # a hook on a module that gets compiled would be traced
         clock.watch_first_step(model)
     epochs = workload["epochs"]
     with tempfile.TemporaryDirectory() as run_dir:
-        clock.begin()
         if variant.startswith("hand-written"):
             save_to = str(Path(run_dir) / "checkpoint.pt") if variant.endswith("+save") else None
             _hand_written(model, loader, optimizer, loss_fn, epochs, settings, clock, save_to)
@@ -269,15 +259,13 @@ def run_worker(variant: str, workload_name: str, settings: argparse.Namespace) -
             )
         if settings.device == "cuda":
             torch.cuda.synchronize()
-        end, end_cpu = time.perf_counter(), time.process_time()
-    # Steady state: the slope from the end of epoch max(1, warm-up) to the last epoch's end;
+        end = time.perf_counter()
+    # Steady state: the slope from the end of the first timed epoch to the last epoch's end;
     # the first epoch's start-up effects and the run's wind-down stay outside it.
-    first = max(1, settings.warmup_epochs)
+    first = _first_timed_epoch(settings)
     steps = (epochs - first) * len(loader)
     (wall_from, cpu_from), (wall_to, cpu_to) = clock.epoch_ends[first - 1], clock.epoch_ends[-1]
     figures = {
-        "seconds": end - clock.start,
-        "cpu_seconds": end_cpu - clock.start_cpu,
         "step_us": (wall_to - wall_from) / steps * 1e6,
         "step_cpu_us": (cpu_to - cpu_from) / steps * 1e6,
         "wind_down": end - wall_to,
@@ -329,8 +317,13 @@ def _settings_arguments(settings: argparse.Namespace) -> list[str]:
     return arguments
 
 
-def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    low, middle, high = (scale * v for v in (min(values), statistics.median(values), max(values)))
+def _first_timed_epoch(settings: argparse.Namespace) -> int:
+    """The epoch whose end starts the per-step slope: the first, or the end of the warm-up."""
+    return max(1, settings.warmup_epochs)
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    low, middle, high = min(values), statistics.median(values), max(values)
     return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
@@ -356,7 +349,7 @@ def compare(workload: str, settings: argparse.Namespace) -> dict[str, dict[str, 
             results[variant].append(_run_json(arguments + _settings_arguments(settings)))
     spec = WORKLOADS[workload]
     per_epoch = -(-spec["samples"] // spec["batch"])
-    first = max(1, settings.warmup_epochs)
+    first = _first_timed_epoch(settings)
     print(
         f"\n{workload}: {spec}, {spec['epochs'] * per_epoch} optimizer steps, {settings.rounds}"
         f" rounds; per step: the slope from the end of epoch {first} to the end of epoch"
@@ -368,11 +361,11 @@ def compare(workload: str, settings: argparse.Namespace) -> dict[str, dict[str, 
         f"{'variant':17}  {'us/step median (min-max)':>26} {'ratio':>6} {'paired':>6}"
         f"  {'cpu us/step':>11} {'ratio':>6}"
     )
+    hand_step = statistics.median(r["step_us"] for r in hand)
+    hand_cpu = statistics.median(r["step_cpu_us"] for r in hand)
     for variant, runs in results.items():
         step = [r["step_us"] for r in runs]
         cpu = [r["step_cpu_us"] for r in runs]
-        hand_step = statistics.median(r["step_us"] for r in hand)
-        hand_cpu = statistics.median(r["step_cpu_us"] for r in hand)
         figures[variant] = {"step": _paired(runs, hand, "step_us")}
         print(
             f"{variant:17}  {_spread(step, digits=1):>26}"
@@ -497,11 +490,13 @@ def _parse_arguments() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--warmup-epochs", type=int, default=0,
-        help="start the clock at the end of this many epochs (leaves compilation out) [0]",
+        help="start the per-step slope at the end of this many epochs, not 1 (leaves"
+        " compilation out) [0]",
     )  # fmt: skip
     parser.add_argument(
         "--fail-above", type=float, metavar="RATIO",
-        help="exit 1 when trainer-bare's paired ratio to the hand-written loop is above RATIO",
+        help="exit 1 when trainer-bare's paired per-step ratio to the hand-written loop is"
+        " above RATIO",
     )  # fmt: skip
     parser.add_argument("--skip-imports", action="store_true", help="skip the start-up figures")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -509,7 +504,7 @@ def _parse_arguments() -> argparse.Namespace:
     parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     settings = parser.parse_args()
     workloads = CPU_WORKLOADS if settings.workload == "all" else [settings.workload]
-    if any(max(1, settings.warmup_epochs) >= WORKLOADS[name]["epochs"] for name in workloads):
+    if any(_first_timed_epoch(settings) >= WORKLOADS[name]["epochs"] for name in workloads):
         parser.error(f"--warmup-epochs {settings.warmup_epochs} leaves no epoch to time")
     if settings.fail_above is not None and "trainer-bare" not in settings.variants:
         parser.error("--fail-above compares trainer-bare: add it to --variants")

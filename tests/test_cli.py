@@ -15,6 +15,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -149,8 +150,9 @@ def test_printed_commands_work_pasted_into_a_shell_without_the_environment_on_pa
     assert set(pinned) <= set(served_tags), served_tags
 
 
-def get_json(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as page:
+def get_json(port: int, path: str, timeout: float = 10) -> Any:
+    """What the local TensorBoard serves at `path`, decoded."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as page:
         return json.load(page)
 
 
@@ -159,8 +161,7 @@ def wait_for_tensorboard_runs(port: int, server: subprocess.Popen, deadline: flo
     runs: list = []
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as page:
-                runs = json.load(page)
+            runs = get_json(port, "/data/runs", timeout=5)
         except OSError:  # not listening yet
             pass
         if runs:

@@ -206,6 +206,7 @@ def test_default_hparams_are_the_plain_options_and_the_objects_names(
         "precision": "bf16-mixed",
         "accumulate_grad_batches": 1,
         "gradient_clip_val": 0.5,
+        "gradient_clip_algorithm": "norm",
         "scheduler_interval": "epoch",
         "scheduler_monitor": "val/loss",
         "seed": None,

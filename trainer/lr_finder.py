@@ -3,10 +3,13 @@
 Training runs for `num_steps` batches while the learning rate grows exponentially from
 `min_lr` to `max_lr` (Leslie Smith, "Cyclical Learning Rates", 2017). The loss first
 barely moves, then falls fastest, then blows up; the suggestion is where it falls fastest.
-The sweep really trains, so everything it changes is put back afterwards: the model's
-weights and buffers, the optimizer's state and learning rates, the grad scaler, every
-random generator and the trainer's figures. A `fit` after `find_lr` is the same as a `fit`
-without it. matplotlib, for the plot only, is imported when `plot` is called.
+The sweep really trains, through the loop's own verbs (`Trainer.backward` and
+`Trainer.step`, as a step that owns its update calls them: the window, DDP averaging,
+unscaling, clipping and schedulers included), so everything it changes is put back
+afterwards: the model's weights and buffers, the optimizers' and schedulers' states and
+learning rates, the grad scaler, the run state, every random generator and the trainer's
+figures. A `fit` after `find_lr` is the same as a `fit` without it. matplotlib, for the
+plot only, is imported when `plot` is called.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.checks import as_step_outputs, split_optimization
-from trainer.device import batch_size_of, batches_on_device
+from trainer.device import batches_on_device
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -106,8 +109,9 @@ def find_lr(
     Each of `num_steps` training batches runs the trainer's own `training_step` at a
     learning rate growing exponentially from `min_lr` to `max_lr`, for every param group.
     The sweep ends early once the smoothed loss exceeds `diverge_threshold` times its best.
-    Callbacks are not called: nothing is logged or checkpointed. Afterwards the model,
-    optimizer, grad scaler, random generators and figures are exactly as before.
+    Of the callbacks only `on_before_optimizer_step` runs, as part of each update; nothing
+    is logged or checkpointed. Afterwards the model, optimizer, scheduler, grad scaler, run
+    state, random generators and figures are exactly as before.
 
     Example:
         >>> result = find_lr(trainer, num_steps=100)
@@ -119,7 +123,7 @@ def find_lr(
     if trainer.train_loader is None:
         raise ValueError("find_lr needs a train_loader: pass train_loader=... to Trainer.")
     if trainer.optimizer is None:
-        trainer._set_optimization(*split_optimization(trainer.configure_optimizers()))
+        trainer.optimization.configure(*split_optimization(trainer.configure_optimizers()))
     saved = _Snapshot(trainer)
     try:
         lrs, raw_losses = _sweep(trainer, min_lr, max_lr, num_steps, smoothing, diverge_threshold)
@@ -151,19 +155,22 @@ class _Snapshot:
     def __init__(self, trainer: Trainer) -> None:
         self.model = copy.deepcopy(trainer.model.state_dict())
         self.optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+        scheduler = trainer.scheduler
+        self.scheduler = copy.deepcopy(scheduler.state_dict()) if scheduler else None
         self.precision = copy.deepcopy(trainer.precision.state_dict())
         self.rng = capture_rng_states()
-        self.metrics = dict(trainer.state.metrics)
+        self.state = copy.deepcopy(trainer.state.state_dict())
         self.modes = [(module, module.training) for module in trainer.model.modules()]
 
     def restore(self, trainer: Trainer) -> None:
         trainer.model.load_state_dict(self.model)
         trainer.optimizer.load_state_dict(self.optimizer)
         trainer.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            trainer.scheduler.load_state_dict(self.scheduler)
         trainer.precision.load_state_dict(self.precision)
         restore_rng_states(self.rng)
-        trainer.state.metrics.clear()
-        trainer.state.metrics.update(self.metrics)
+        trainer.state.load_state_dict(self.state)  # the figures (metrics) with it
         for module, training in self.modes:
             module.training = training
 
@@ -177,35 +184,37 @@ def _sweep(
     diverge_threshold: float,
 ) -> tuple[list[float], list[float]]:
     """Train one batch per learning rate; stop when the smoothed loss has clearly blown up."""
-    model, optimizer, precision = trainer.model, trainer.optimizer, trainer.precision
+    model, optimizer, state = trainer.model, trainer.optimizer, trainer.state
     if not model.training:
         model.train()
     optimizer.zero_grad(set_to_none=True)
+    state.batches_in_epoch = 0  # the sweep's windows start at its first batch
     lrs: list[float] = []
     losses: list[float] = []
     smoothed, best = 0.0, math.inf
-    # The loop's own pieces: batches cast to the precision's input type, the step as DDP
-    # wraps it (so gradients are averaged over ranks), unscaling and clipping.
     batches = batches_on_device(
-        _endless(trainer.train_loader), trainer.device, precision.input_dtype
+        _endless(trainer.train_loader), trainer.device, trainer.precision.input_dtype
     )
     for step, batch in zip(range(num_steps), batches, strict=False):
         lr = min_lr * (max_lr / min_lr) ** (step / (num_steps - 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        trainer._logs.batch_size = batch_size_of(batch) or 1
-        with precision.autocast():
-            loss = as_step_outputs(trainer._training_step(batch, step))["loss"]
-        precision.backward(loss)
-        trainer._clip_gradients(optimizer)
-        precision.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+        state.count_batch()
+        with trainer.precision.autocast():
+            loss = as_step_outputs(trainer.training_step(batch, step))["loss"]
         value = float(loss.detach())  # a host sync per step; a sweep is short
         lrs.append(lr)
         losses.append(value)
+        if not math.isfinite(value):  # blown up: nothing to learn from stepping on it
+            break
+        # The verbs of a step that owns its update: the window, DDP averaging (the step
+        # runs unwrapped), unscaling, clipping, the hook, the step and its scheduler.
+        trainer.backward(loss)
+        trainer.step(optimizer)
+        trainer.optimization.end_batch()
         smoothed = (1 - smoothing) * smoothed + smoothing * value
         debiased = smoothed / (1 - (1 - smoothing) ** (step + 1))
-        if not math.isfinite(value) or debiased > diverge_threshold * best:
+        if debiased > diverge_threshold * best:
             break
         best = min(best, debiased)
     return lrs, losses

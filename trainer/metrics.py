@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import torch
 
+from trainer.device import batch_size_of
+
 __all__ = [
     "LogBook",
     "MetricFn",
@@ -142,75 +144,127 @@ class RunningMeans:
 class Throughput:
     """Training samples per second between two readings, timed on the host.
 
-    Counting costs one integer addition per batch. The trainer reads the rate at log steps,
-    just after reading the loss made the host wait for the device, so the interval covers
-    finished work; it restarts the clock at each epoch so validation time is left out.
+    It keeps no count of its own: it is handed the epoch's sample count when read. The
+    trainer reads the rate at log steps, just after reading the loss made the host wait for
+    the device, so the interval covers finished work; it restarts at each epoch so
+    validation time is left out.
     """
 
     def __init__(self) -> None:
-        self.samples = 0
+        self._samples_then = 0
         self._since = time.perf_counter()
 
     def restart(self) -> None:
-        """Start a new interval now."""
-        self.samples = 0
+        """Start a new interval now, at an epoch's first sample."""
+        self._samples_then = 0
         self._since = time.perf_counter()
 
-    def rate(self) -> float:
-        """Samples per second since the last reading or restart; starts the next interval."""
+    def rate(self, samples: int) -> float:
+        """Samples per second since the last reading or restart, `samples` being the count
+        now; starts the next interval."""
         now = time.perf_counter()
-        rate = self.samples / max(now - self._since, 1e-9)
-        self.samples, self._since = 0, now
+        rate = (samples - self._samples_then) / max(now - self._since, 1e-9)
+        self._samples_then, self._since = samples, now
         return rate
 
 
 class LogBook:
     """What a run's steps logged and the loop has not yet read, kept in one place.
 
-    `step` holds the values logged since the last log step (read and emptied there, so a
-    value logged once is written once); `train` and `evaluation` the running means of the
-    current training epoch and evaluation pass; `throughput` counts samples between log
-    steps; `batch_size` is the size of the batch in flight, the weight of what it logs.
+    The loop opens a batch (`open_train_batch`, `open_eval_batch`) before its hooks and
+    step run and closes it after: in between, `add` weighs a value by the batch's size and
+    sends it to the training epoch's means (and the next log step) or to the evaluation
+    pass's; outside a batch `add` takes nothing and the value is a figure of its own.
+    `samples_in_epoch` is the one count of training samples: the progress bar and the
+    throughput both read it.
     """
 
-    def __init__(self) -> None:
-        self.step: dict[str, torch.Tensor | float] = {}
+    def __init__(self, log_every_n_steps: int = 50) -> None:
+        self.log_every_n_steps = log_every_n_steps
         self.train = RunningMeans()
         self.evaluation = RunningMeans()
-        self.throughput = Throughput()
         self.batch_size = 0
-        self.last_logged_step = -1
+        self.samples_in_epoch = 0
+        self._step: dict[str, torch.Tensor | float] = {}
+        self._open: RunningMeans | None = None
+        self._throughput = Throughput()
+        self._last_logged_step = -1
 
+    # ------------------------------------------------------------------------------ batches
     def start_epoch(self, is_resumed: bool = False) -> None:
         """Forget the previous epoch's figures (a resumed epoch keeps its own); start timing."""
         if not is_resumed:
             self.train.reset()
-            self.step.clear()
-        self.throughput.restart()
+            self._step.clear()
+        self.samples_in_epoch = 0
+        self._throughput.restart()
 
-    def add_train(
-        self, name: str, value: torch.Tensor | float, batch_size: int | None = None
-    ) -> None:
-        """A training value: written at the next log step, averaged into the epoch figure
-        with the weight `batch_size` (the batch in flight's size by default)."""
-        self.step[name] = value
-        self.train.add(name, value, batch_size or self.batch_size)
+    def start_evaluation(self) -> None:
+        """An evaluation pass begins: its means start empty."""
+        self.evaluation.reset()
+
+    def open_train_batch(self, batch: Any) -> None:
+        """A training batch's hooks and step are about to run; values go to the epoch's means."""
+        self.batch_size = batch_size_of(batch) or 1
+        self._open = self.train
+
+    def open_eval_batch(self, batch: Any) -> None:
+        """An evaluation batch's step is about to run; values go to the pass's means."""
+        self.batch_size = batch_size_of(batch) or 1
+        self._open = self.evaluation
+
+    def count_samples(self, batch_size: int | None = None) -> None:
+        """The training step ran: its batch's samples count (`batch_size`, when the step
+        reported it, is better than the size read from the batch)."""
+        if batch_size is not None:
+            self.batch_size = int(batch_size)
+        self.samples_in_epoch += self.batch_size
+
+    def close_batch(self) -> None:
+        """The batch is done: what is logged from now on is a figure of its own."""
+        self._open = None
+
+    # -------------------------------------------------------------------------------- values
+    def add(self, name: str, value: torch.Tensor | float, batch_size: int | None = None) -> bool:
+        """Add a value of the open batch, weighted by `batch_size` (the batch's size by
+        default); False, taking nothing, when no batch is open."""
+        if self._open is None:
+            return False
+        if self._open is self.train:
+            self._step[name] = value
+        self._open.add(name, value, batch_size or self.batch_size)
+        return True
+
+    def add_step_figure(self, name: str, value: torch.Tensor | float) -> None:
+        """A value for the next log step only, not averaged into the epoch (the grad norm)."""
+        self._step[name] = value
+
+    def is_log_step(self, step: int) -> bool:
+        """Whether optimizer step `step` writes step figures."""
+        return step % self.log_every_n_steps == 0
+
+    def read_step(self, step: int) -> dict[str, float]:
+        """The values logged since the last log step as floats, and the samples per second
+        (timed once the floats made the host wait); the next step starts empty."""
+        figures = {name: float(value) for name, value in self._step.items()}
+        figures["train/samples_per_sec"] = self._throughput.rate(self.samples_in_epoch)
+        self._step.clear()
+        self._last_logged_step = step
+        return figures
+
+    def was_logged_at(self, step: int) -> bool:
+        """Whether step figures were last written at optimizer step `step`."""
+        return step == self._last_logged_step
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's running sums and the values not yet written, for a mid-epoch resume."""
-        step = {name: float(value) for name, value in self.step.items()}
+        step = {name: float(value) for name, value in self._step.items()}
         return {"train": self.train.state_dict(), "step": step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()` output."""
         self.train.load_state_dict(state["train"])
-        self.step = dict(state["step"])
-
-    def read_step(self) -> dict[str, float]:
-        """The values logged since the last log step, as floats; the next step starts empty."""
-        figures = {name: float(value) for name, value in self.step.items()}
-        self.step.clear()
-        return figures
+        self._step = dict(state["step"])
 
 
 def compute_metrics(

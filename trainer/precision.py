@@ -1,15 +1,15 @@
 """`Precision`: the numeric format of a run as one object with fixed verbs.
 
-The loop calls `convert_module()` once, then `autocast()`, `backward()`, `unscale()` and
-`step()` the same way in every mode, and moves floating-point inputs to `input_dtype`;
-"16-mixed" gets a live GradScaler and the other modes a disabled one, so the loop never
-branches on precision.
+The loop calls `convert_module()` once, then `autocast()`, `backward()`, `unscale()`,
+`step()` and `update()` the same way in every mode, and moves floating-point inputs to
+`input_dtype`; "16-mixed" gets a live GradScaler and the other modes a disabled one, so the
+loop never branches on precision (the scaler is read by nothing outside this module).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 import torch
@@ -38,6 +38,7 @@ class Precision:
         >>> precision.backward(loss)
         >>> precision.unscale(optimizer)      # before clipping or reading gradients
         >>> stepped = precision.step(optimizer)  # False: skipped for inf/nan gradients
+        >>> precision.update()                # once the batch's optimizers have stepped
     """
 
     def __init__(self, name: str, device: torch.device) -> None:
@@ -87,12 +88,26 @@ class Precision:
         if self._is_scaling:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, update: bool = True) -> bool:
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], torch.Tensor] | None = None,
+    ) -> bool:
         """Step the optimizer; return False when the scaler skipped it for inf/nan gradients.
 
-        `update=False` leaves the scale as it is until `update()`: with several optimizers
-        stepped in one batch, each must unscale by the scale its gradients were made with.
+        The loss scale stays as it is until `update()`, which the caller runs once the
+        batch's optimizers have all stepped: each must unscale by the scale its gradients
+        were made with. `closure` (LBFGS and the like) recomputes the loss; a live
+        GradScaler cannot step through one, so "16-mixed" refuses it.
         """
+        if closure is not None:
+            if self._is_scaling:
+                raise ValueError(
+                    "a closure optimizer (LBFGS, ...) cannot step through the GradScaler of "
+                    "precision='16-mixed'; use precision='32' or 'bf16-mixed'."
+                )
+            optimizer.step(closure)
+            return True
         if not self._is_scaling:
             optimizer.step()
             return True
@@ -110,8 +125,6 @@ class Precision:
         self._has_stepped = False
         self.scaler.step(optimizer)
         self._is_update_due = True
-        if update:
-            self.update()
         return self._has_stepped
 
     def update(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import CheckpointError, capture_rng_states, restore_rng_states
-from trainer.optim import named
+from trainer.optimization import named
 from trainer.sampling import TrainingData, check_same_data
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def restore_run(
     distributed = trainer.distributed
     distributed.load_model_state(trainer.model, checkpoint["model"], path)
     trainer.state.load_state_dict(checkpoint["state"])
-    is_mid_epoch = trainer.state.batches_in_epoch > 0
+    is_mid_epoch = trainer.state.is_mid_epoch
     if is_mid_epoch:
         check_same_data(checkpoint["data"], data.loader, path)
     own = _own_states(checkpoint, distributed.rank)

@@ -21,7 +21,6 @@ from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.defaults import assemble_callbacks
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
-from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
 from trainer.checkpoint import CheckpointError, export_weights, save_checkpoint
@@ -40,7 +39,7 @@ from trainer.checks import (
     non_finite_loss_message,
     split_optimization,
 )
-from trainer.device import batch_size_of, batches_on_device
+from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.metrics import (
@@ -49,7 +48,7 @@ from trainer.metrics import (
     is_stateful_metric,
     metrics_on_device,
 )
-from trainer.optim import build_optimizers, build_schedulers, is_plateau, learning_rates, named
+from trainer.optimization import Optimization
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
@@ -84,7 +83,8 @@ class Trainer:
                         # global_step counts batches, gradients are cleared at window ends
                     backward(loss / accumulate_grad_batches)    # DDP: all-reduce at window end
                     if the accumulation window is full or the epoch's batches are done:
-                        unscale gradients, clip them to gradient_clip_val
+                        unscale gradients, clip them to gradient_clip_val (by total norm,
+                                          or each value: gradient_clip_algorithm)
                         on_before_optimizer_step(optimizer)
                         optimizer.step(); optimizer.zero_grad(set_to_none=True)
                         scheduler.step()          # scheduler_interval="step"; not on a skipped step
@@ -130,7 +130,10 @@ class Trainer:
         precision: `"32"`, `"16-mixed"`, `"bf16-mixed"` or `"bf16-true"`.
         device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"` or a `torch.device`.
         accumulate_grad_batches: step the optimizer every N batches.
-        gradient_clip_val: clip the total gradient norm to this value.
+        gradient_clip_val: clip the gradients to this value (None: no clipping).
+        gradient_clip_algorithm: `"norm"` clips the total gradient norm to
+            `gradient_clip_val`, `"value"` each gradient element into
+            `[-gradient_clip_val, gradient_clip_val]`.
         callbacks: added to the defaults; an instance of a default's class replaces it.
         run_dir: the folder for this run's logs and `checkpoints/`.
         log_every_n_steps: how often step figures go to the loggers.
@@ -177,6 +180,7 @@ class Trainer:
         device: str | torch.device = "auto",
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
         callbacks: list[Callback] | None = None,
         run_dir: str | Path | None = None,
         log_every_n_steps: int = 50,
@@ -206,28 +210,24 @@ class Trainer:
         self.val_loader = self.distributed.shard_for_evaluation(val_loader)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.gradient_clip_val = gradient_clip_val
-        self.log_every_n_steps, self.log_grad_norm = log_every_n_steps, log_grad_norm
-        self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         check_loss_fn(loss_fn, self._uses_default_steps())
-        self.optimizers: Any = []  # a list, or a dict of named optimizers
-        self.schedulers: Any = []  # shaped like `optimizers`, None where one has none
-        self.optimizer: torch.optim.Optimizer | None = None  # the only one, if just one
-        self.scheduler: Any = None
-        self._scheduler_arg = scheduler
+        self.state = TrainState(window=accumulate_grad_batches)
+        self._logs = LogBook(log_every_n_steps)
+        self.optimization = Optimization(
+            self.model, self.precision, self.state, self._logs, self.distributed,
+            self._before_optimizer_step, scheduler=scheduler, clip_val=gradient_clip_val,
+            clip_algorithm=gradient_clip_algorithm, scheduler_interval=scheduler_interval,
+            scheduler_monitor=scheduler_monitor, log_grad_norm=log_grad_norm,
+        )  # fmt: skip
         if optimizer is not None:
-            self._set_optimization(optimizer, scheduler)
+            self.optimization.configure(optimizer)
         self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
         self._run_folder = RunFolder(self.run_dir)
-        self.state = TrainState()
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
-        self._phase: str | None = None  # where self.log sends a value: the step running
-        self._logs = LogBook()
         self._data = TrainingData(self.train_loader, None)
         self._preemption = PreemptionWatch()
 
@@ -275,6 +275,41 @@ class Trainer:
     def last_batch_size(self) -> int:
         """Samples in the batch being run: the weight of what its step logs."""
         return self._logs.batch_size
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Training samples this process has run in the current epoch (since it started)."""
+        return self._logs.samples_in_epoch
+
+    @property
+    def optimizers(self) -> Any:
+        """The optimizers: a list, or a dict of named ones."""
+        return self.optimization.optimizers
+
+    @property
+    def schedulers(self) -> Any:
+        """The schedulers, shaped like `optimizers` (None where an optimizer has none)."""
+        return self.optimization.schedulers
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer when there is exactly one, else None."""
+        return self.optimization.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        """The only optimizer's scheduler, or None."""
+        return self.optimization.scheduler
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Batches per optimizer step."""
+        return self.state.window
+
+    @property
+    def log_every_n_steps(self) -> int:
+        """How often, in optimizer steps, step figures go to the loggers."""
+        return self._logs.log_every_n_steps
 
     @property
     def num_train_batches(self) -> int | None:
@@ -338,11 +373,7 @@ class Trainer:
                     f"{tuple(value.shape)}; reduce it first, e.g. with .mean()."
                 )
             value = value.detach()
-        if self._phase == "train":
-            self._logs.add_train(name, value, batch_size)
-        elif self._phase is not None:
-            self._logs.evaluation.add(name, value, batch_size or self._logs.batch_size)
-        else:
+        if not self._logs.add(name, value, batch_size):  # outside a batch: a figure of its own
             self.state.metrics[name] = float(value)
 
     # -------------------------------------------------------------------------------- entry points
@@ -359,7 +390,7 @@ class Trainer:
         if self.train_loader is None:
             raise ValueError("fit() needs a train_loader: pass train_loader=... to Trainer.")
         if not self.optimizers:
-            self._set_optimization(*split_optimization(self.configure_optimizers()))
+            self.optimization.configure(*split_optimization(self.configure_optimizers()))
         check_optimization_mode(self)
         self.train_loader, sampler = self.distributed.shard_training_loader(
             self.train_loader, pin_memory=self.device.type == "cuda"
@@ -370,7 +401,7 @@ class Trainer:
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)
             self.callbacks.call("on_load_checkpoint", self, checkpoint)
-        elif self.seed is not None and self.state == TrainState(metrics=self.state.metrics):
+        if self.seed is not None and self.state.is_fresh_run:
             seed_everything(self.seed)  # a run from scratch; a resumed one has its own states
         self.state.should_stop = False  # a stop asked of an earlier fit() is done with
         history: list[dict[str, float]] = []
@@ -432,17 +463,15 @@ class Trainer:
             self._data.batches(self.state.epoch, first), self.device, self.precision.input_dtype
         )
         for batch_idx, batch in enumerate(batches, start=first):
-            self._logs.batch_size = batch_size_of(batch) or 1
-            self._logs.throughput.samples += self._logs.batch_size
-            self._phase = "train"
+            self._logs.open_train_batch(batch)
             self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
             outputs = self._run_train_batch(batch, batch_idx)
             self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
-            self._phase = None
+            self._logs.close_batch()
             should_stop, signum = self._shared_decisions()
             if should_stop or self._is_step_limit_reached():
                 self.state.should_stop = should_stop
-                is_exhausted = self.state.batches_in_epoch == self._data.length
+                is_exhausted = self.state.are_epoch_batches_done(self._data.length)
                 if is_exhausted:  # the end-of-epoch draws a sampler makes past its last batch
                     next(batches, None)
                 break
@@ -453,37 +482,33 @@ class Trainer:
         return self._end_train_epoch()
 
     def _run_train_batch(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        scale = self.accumulate_grad_batches
-        is_boundary = self._ends_window()
+        self.state.count_batch()
+        is_window_end = self.state.is_window_end(self._data.length)
         owns_update = not self.automatic_optimization
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
-        with self.distributed.no_sync(is_boundary):
+        with self.distributed.no_sync(is_window_end):
             with self.precision.autocast():
                 outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
-            if "batch_size" in outputs:  # the step knows its batch's size better
-                self._logs.batch_size = int(outputs.pop("batch_size"))
+            self._logs.count_samples(outputs.pop("batch_size", None))  # the step knows better
             loss = outputs.get("loss")
             # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
             is_used = self.nan_policy != "skip" or is_finite_or_skipped(loss, self.state)
             if owns_update:
                 pass  # the step ran its own backward passes and steps
             elif is_used:
-                self.precision.backward(loss / scale if scale > 1 else loss)
+                self.optimization.backward(loss)
             else:  # other ranks still expect this one in the gradient all-reduce
                 self.distributed.contribute_no_gradient(self.model)
         if isinstance(loss, torch.Tensor):
             outputs["loss"] = loss = loss.detach()
-            if is_used and self.log_loss_as:  # what self.log does, without its checks
-                self._logs.add_train(self.log_loss_as, loss)
-        self.state.batches_in_epoch += 1
-        if owns_update:
-            self.precision.update()  # the loss scale moves once all optimizers stepped
-            if is_boundary:  # no gradient outlives its window (a checkpoint holds none)
-                for _, optimizer in named(self.optimizers):
-                    optimizer.zero_grad(set_to_none=True)
-            self._count_step()
-        elif is_boundary:
-            self._update(self.optimizer, window=(batch_idx % scale) + 1)
+            if is_used and self.log_loss_as:
+                self._logs.add(self.log_loss_as, loss)
+        if owns_update and is_window_end:  # no gradient outlives its window
+            self.optimization.zero_grad()  # (a checkpoint holds none)
+        elif is_window_end:
+            self.optimization.step(self.optimizer)
+        if owns_update or is_window_end:
+            self.optimization.end_batch()  # the loss scale moves once all optimizers stepped
             self._count_step()
         return outputs
 
@@ -491,8 +516,7 @@ class Trainer:
         """Backpropagate `loss` in a step that owns the update (`automatic_optimization =
         False`): scaled for "16-mixed" and divided by `accumulate_grad_batches`; under DDP
         gradients are averaged over the ranks when `step` runs."""
-        scale = self.accumulate_grad_batches
-        self.precision.backward(loss / scale if scale > 1 else loss)
+        self.optimization.backward(loss)
 
     def step(
         self,
@@ -508,88 +532,18 @@ class Trainer:
         the optimizer stepped (False inside a window or when the GradScaler skipped it).
         `closure` (LBFGS and the like) recomputes the loss: it calls `self.backward`.
         """
-        if not self._ends_window():
+        if not self.state.is_window_end(self._data.length):
             return False
-        window = self.state.batches_in_epoch % self.accumulate_grad_batches + 1
-        self.distributed.sync_gradients(optimizer)
-        return self._update(optimizer, window, closure)
+        return self.optimization.step_owned(optimizer, closure)
 
-    def _update(
-        self,
-        optimizer: torch.optim.Optimizer,
-        window: int,
-        closure: Callable[[], torch.Tensor] | None = None,
-    ) -> bool:
-        """Unscale, clip, step, zero, schedule; `window` is how many micro-batches it covers."""
-        if window < self.accumulate_grad_batches:  # a short last window: undo the 1/N scaling
-            _scale_gradients(optimizer, self.accumulate_grad_batches / window)
-        norm = None if closure else self._clip_gradients(optimizer)
-        if norm is not None:
-            self._logs.step["train/grad_norm"] = norm
-        elif self.log_grad_norm and (self.state.global_step + 1) % self.log_every_n_steps == 0:
-            # Only on log steps: the norm is a reduction over every gradient.
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-            norm = nn.utils.get_total_norm([grad for grad in grads if grad is not None])
-            self._logs.step["train/grad_norm"] = norm
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.callbacks.call("on_before_optimizer_step", self, optimizer)
-        if closure is None:
-            stepped = self.precision.step(optimizer, update=self.automatic_optimization)
-        else:
-            stepped = self._step_with_closure(optimizer, closure)
-        optimizer.zero_grad(set_to_none=True)
-        if not stepped:  # the GradScaler found inf/nan gradients: the schedule waits too
-            self.state.skipped_steps += 1
-        elif self.scheduler_interval == "step":
-            scheduler = self._scheduler_of(optimizer)
-            if scheduler is not None:
-                scheduler.step()
-        return stepped
-
-    def _step_with_closure(
-        self, optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]
-    ) -> bool:
-        """`optimizer.step(closure)`, each evaluation's gradients clipped as the loop clips."""
-        if self.precision.scaler.is_enabled():
-            raise ValueError(
-                "a closure optimizer (LBFGS, ...) cannot step through the GradScaler of "
-                "precision='16-mixed'; use precision='32' or 'bf16-mixed'."
-            )
-
-        def evaluate() -> torch.Tensor:
-            with torch.enable_grad():
-                loss = closure()
-            self._clip_gradients(optimizer)
-            return loss
-
-        optimizer.step(evaluate)
-        return True
 
     def _count_step(self) -> None:
         """One more optimizer step (a batch, when the step owns the update); log when due."""
         self.state.global_step += 1
-        if self.state.global_step % self.log_every_n_steps == 0:
+        if self._logs.is_log_step(self.state.global_step):
             self._log_step_figures()
-
-    def _scheduler_of(self, optimizer: torch.optim.Optimizer) -> Any:
-        for (_, each), (_, scheduler) in zip(
-            named(self.optimizers), named(self.schedulers), strict=True
-        ):
-            if each is optimizer:
-                return scheduler
-        return None
-
-    def _ends_window(self) -> bool:
-        """Whether the batch being run ends an accumulation window (or the epoch)."""
-        done = self.state.batches_in_epoch + 1
-        return done % self.accumulate_grad_batches == 0 or done == self._data.length
-
-    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-        """Unscale the gradients; clip them to `gradient_clip_val` and return their norm."""
-        self.precision.unscale(optimizer)
-        if self.gradient_clip_val is None:
-            return None
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        return nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
 
     def _finish_epoch(self) -> None:
         """Mark the epoch's batches as all consumed (an empty loader is an error)."""
@@ -611,16 +565,16 @@ class Trainer:
         self._check_finite_loss(train_figures.get(self.log_loss_as or "train/loss"))
         self.state.metrics.update(train_figures)
         record = {"epoch": float(self.state.epoch), **train_figures}
-        if not self.state.is_epoch_finished:
+        if not self.state.are_epoch_batches_done(self._data.length):
             return record
         if self.val_loader is not None:
             record |= self._run_validation(self.val_loader)
-        rates = learning_rates(self.optimizers)
+        rates = self.optimization.learning_rates()
         record |= rates
         self.state.metrics.update(rates)
-        self._step_scheduler_on_epoch()
+        self.optimization.step_schedulers_on_epoch(self.state.metrics)
         epoch_figures = {f"{name}_epoch": value for name, value in train_figures.items()}
-        just_logged = self.state.global_step == self._logs.last_logged_step
+        just_logged = self._logs.was_logged_at(self.state.global_step)
         epoch_figures |= {
             name: value
             for name, value in record.items()
@@ -635,7 +589,7 @@ class Trainer:
     def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
         with self._in_stage("validate"):
             self.callbacks.call("on_validation_start", self)
-            figures = self._run_eval_loop(loader, "val")
+            figures = self._run_eval_loop(loader, "validate")
             self.state.metrics.update(figures)
             self.callbacks.call("on_validation_end", self, figures)
         return figures
@@ -650,46 +604,46 @@ class Trainer:
             self.stage = previous
 
     def _run_eval_loop(self, loader: Iterable[Any], stage: str) -> Any:
-        """Run validation, test or predict over `loader` in eval mode without autograd."""
-        step = {"val": self.validation_step, "test": self.test_step, "predict": self.predict_step}
+        """Run validation, test or predict over `loader` in eval mode without autograd;
+        `stage` is what `self.stage` says ("validate", "test" or "predict")."""
+        step = {"validate": self.validation_step, "test": self.test_step,
+                "predict": self.predict_step}[stage]  # fmt: skip
+        prefix = _FIGURE_PREFIX.get(stage, stage)
         predictions: list[Any] = []
         if stage != "predict":  # predictions stay whole and in order on every rank
             loader = self.distributed.shard_for_evaluation(loader)
-        self._logs.evaluation.reset()
+        self._logs.start_evaluation()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
             batches = batches_on_device(loader, self.device, self.precision.input_dtype)
             for batch_idx, batch in enumerate(batches):
-                self._logs.batch_size = batch_size_of(batch) or 1
-                self._phase = stage
+                self._logs.open_eval_batch(batch)
                 with self.precision.autocast():
-                    outputs = step[stage](batch, batch_idx)
+                    outputs = step(batch, batch_idx)
                 if stage == "predict":
                     predictions.append(outputs)
                 else:
-                    figures = dict(as_eval_outputs(outputs, stage))
+                    figures = dict(as_eval_outputs(outputs, prefix))
                     size = figures.pop("batch_size", None)  # the step knows it better
                     for name, value in figures.items():
-                        self.log(f"{stage}/{name}", value, batch_size=size)
-                self._phase = None
+                        self.log(f"{prefix}/{name}", value, batch_size=size)
+                self._logs.close_batch()
         if stage == "predict":
             return predictions
         figures = self.distributed.reduce_means(self._logs.evaluation)
         for name, metric in self.metric_fns.items():
             if is_stateful_metric(metric):
-                figures[f"{stage}/{name}"] = float(metric.compute())
+                figures[f"{prefix}/{name}"] = float(metric.compute())
                 metric.reset()
         return figures
 
     # ----------------------------------------------------------------------- figures and limits
     def _log_step_figures(self) -> None:
         """Read this step's logged values from the device and hand them to loggers."""
-        figures = self._logs.read_step()
+        figures = self._logs.read_step(self.state.global_step)
         self._check_finite_loss(figures.get(self.log_loss_as or "train/loss"))
-        figures["train/samples_per_sec"] = self._logs.throughput.rate()  # after float() waited
-        figures |= learning_rates(self.optimizers)
+        figures |= self.optimization.learning_rates()
         self.state.metrics.update(figures)
-        self._logs.last_logged_step = self.state.global_step
         self._send_to_loggers(figures)
 
     def _send_to_loggers(self, figures: dict[str, float]) -> None:
@@ -707,18 +661,6 @@ class Trainer:
             non_finite_loss_message(loss, self.state, self.state.last_finite_step)
         )
 
-    def _step_scheduler_on_epoch(self) -> None:
-        if self.scheduler_interval != "epoch":
-            return
-        for _, scheduler in named(self.schedulers):
-            if scheduler is None:
-                continue
-            if is_plateau(scheduler):
-                monitor = Monitor(self.scheduler_monitor)
-                scheduler.step(monitor.read(self.state.metrics, "ReduceLROnPlateau"))
-            else:
-                scheduler.step()
-
     def _shared_decisions(self) -> tuple[bool, int]:
         """`should_stop` and a preemption signal as every rank acts on them.
 
@@ -726,22 +668,18 @@ class Trainer:
         Several ranks agree at log steps (or every `agree_every_n_steps`) and at the epoch's
         last step, not at every batch.
         """
-        is_boundary = self._is_step_boundary()
+        is_boundary = self.state.is_window_end(self._data.length)
         signum = (self._preemption.received or 0) if is_boundary else 0
         interval = self.distributed.agree_every_n_steps or self.log_every_n_steps
         is_due = is_boundary and (
             self.state.global_step % interval == 0
-            or self.state.batches_in_epoch == self._data.length
+            or self.state.are_epoch_batches_done(self._data.length)
         )
         should_stop = self.state.should_stop and is_boundary  # a window's gradients step first
         return self.distributed.agree(should_stop, signum, is_due=is_due)
 
     def _is_step_limit_reached(self) -> bool:
         return self.max_steps is not None and self.state.global_step >= self.max_steps
-
-    def _is_step_boundary(self) -> bool:
-        done = self.state.batches_in_epoch
-        return done % self.accumulate_grad_batches == 0 or done == self._data.length
 
     def _is_finished(self) -> bool:
         out_of_epochs = self.max_epochs is not None and self.state.epoch >= self.max_epochs
@@ -796,19 +734,6 @@ class Trainer:
         )
         return model
 
-    def _set_optimization(self, optimizer: Any, scheduler: Any) -> None:
-        self.optimizers = build_optimizers(optimizer, self.model)
-        pairs = named(self.optimizers)
-        for _, each in pairs:
-            self.distributed.check_optimizer(self.model, each)
-        self.schedulers = build_schedulers(
-            scheduler if scheduler is not None else self._scheduler_arg,
-            self.optimizers,
-            self.scheduler_interval,
-        )
-        self.optimizer = pairs[0][1] if len(pairs) == 1 else None
-        self.scheduler = named(self.schedulers)[0][1] if len(pairs) == 1 else None
-
     def _uses_default_steps(self) -> bool:
         """True when a default step will run: it calls `loss_fn`."""
         return type(self).training_step is Trainer.training_step or (
@@ -824,15 +749,11 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------- private helpers
+_FIGURE_PREFIX = {"validate": "val"}  # figures of a stage are named "<prefix>/<name>"
+
+
 def _default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _scale_gradients(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            if parameter.grad is not None:
-                parameter.grad.mul_(factor)
 
 
 @contextlib.contextmanager

@@ -66,7 +66,6 @@ class ProgressBar(Callback):
         self._bar: Any = None
         self._last_draw = 0.0
         self._epoch_start = 0.0
-        self._samples = 0
         self._is_shown = False
 
     def _is_interactive(self) -> bool:
@@ -92,7 +91,6 @@ class ProgressBar(Callback):
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         """Open this epoch's bar."""
         self._epoch_start = self._last_draw = time.monotonic()
-        self._samples = 0
         self._is_shown = trainer.is_global_zero
         if not self._is_shown or not self._is_interactive():
             return
@@ -115,14 +113,13 @@ class ProgressBar(Callback):
         self, trainer: Trainer, outputs: dict[str, Any], batch: Any, batch_idx: int
     ) -> None:
         """Advance the bar; read the loss only when a redraw is due."""
-        self._samples += trainer.last_batch_size
         if self._bar is None:
             return
         self._bar.update(1)
         now = time.monotonic()
         if now - self._last_draw >= self.refresh_interval:
             self._last_draw = now
-            rate = self._samples / max(now - self._epoch_start, 1e-9)
+            rate = trainer.samples_in_epoch / max(now - self._epoch_start, 1e-9)
             postfix = {"loss": f"{float(outputs['loss']):.4f}", "samples/s": f"{rate:.0f}"}
             self._bar.set_postfix(postfix, refresh=False)
 

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     saver = ModelCheckpoint(every_n_steps=args.resume_at, every_n_epochs=0, keep_last=100)
     straight = train(TBPTTTrainer, args.epochs, run_dir / "straight", callbacks=[saver])
-    (checkpoint,) = saver.dirpath.glob(f"last-epoch=*-step={args.resume_at}.ckpt")
+    (checkpoint,) = straight.checkpoint_dir.glob(f"last-epoch=*-step={args.resume_at}.ckpt")
     resumed = train(TBPTTTrainer, args.epochs, run_dir / "resumed", ckpt_path=checkpoint)
     forgetful = train(
         ForgetfulTBPTTTrainer, args.epochs, run_dir / "forgetful", ckpt_path=checkpoint

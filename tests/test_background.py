@@ -1,5 +1,6 @@
 """Checkpoint saves that finish in the background: they land in order, before `fit`
-returns and before the process exits, and a failure surfaces without losing earlier files."""
+returns and before the process exits, a failure surfaces without losing earlier files, and
+each queue belongs to its owner: two trainers never wait on each other's writes."""
 
 from __future__ import annotations
 
@@ -17,38 +18,52 @@ import torch
 from conftest import REPO_ROOT, make_trainer
 
 from trainer import Trainer
-from trainer.background import after_pending_writes, wait_for_pending_writes
+from trainer.background import BackgroundWrites
 from trainer.callbacks import Callback, ModelCheckpoint
 from trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
-def _hold_pending_writes() -> threading.Event:
-    """Queue a job that blocks every later one until the returned event is set."""
+def _hold_pending_writes(writes: BackgroundWrites) -> threading.Event:
+    """Queue a job on `writes` that blocks every later one until the returned event is set."""
     release = threading.Event()
-    after_pending_writes(lambda: release.wait(timeout=30) or None)
+    writes.after_pending(lambda: release.wait(timeout=30) or None)
     return release
 
 
 def test_a_save_without_waiting_returns_before_its_file_is_in_place(tmp_path: Path) -> None:
-    release = _hold_pending_writes()
+    writes = BackgroundWrites()
+    release = _hold_pending_writes(writes)
     target = tmp_path / "last.ckpt"
     try:
-        save_checkpoint({"w": torch.arange(4.0)}, target, wait=False)
+        save_checkpoint({"w": torch.arange(4.0)}, target, writes, wait=False)
         assert not target.exists()  # written to a temporary file, rename still queued
         assert [path.name.startswith(".last.ckpt.") for path in tmp_path.iterdir()] == [True]
     finally:
         release.set()
-    assert torch.equal(load_checkpoint(target)["w"], torch.arange(4.0))  # loading waits
+    writes.wait()
+    assert torch.equal(load_checkpoint(target)["w"], torch.arange(4.0))
     assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_a_trainer_loading_a_checkpoint_waits_for_its_own_pending_save(run_dir: Path) -> None:
+    trainer = make_trainer(run_dir)
+    release = _hold_pending_writes(trainer.run_files.writes)
+    target = run_dir / "held.ckpt"
+    trainer.save_checkpoint(target, wait=False)
+    assert not target.exists()
+    threading.Timer(0.2, release.set).start()
+    trainer.load_weights(target)  # returns once the held rename has put the file in place
+    assert target.is_file()
+
+
 def test_saves_land_in_the_order_they_were_made(tmp_path: Path) -> None:
-    release = _hold_pending_writes()
+    writes = BackgroundWrites()
+    release = _hold_pending_writes(writes)
     target = tmp_path / "last.ckpt"
     for value in range(3):
-        save_checkpoint({"value": value}, target, wait=False)
+        save_checkpoint({"value": value}, target, writes, wait=False)
     release.set()
-    save_checkpoint({"value": 3}, target)  # waits for the three before it, then lands last
+    save_checkpoint({"value": 3}, target, writes)  # waits for the three before it, lands last
     assert load_checkpoint(target)["value"] == 3
     assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
 
@@ -60,8 +75,10 @@ def test_a_process_that_exits_after_a_save_without_waiting_still_lands_it(
     script = textwrap.dedent(
         f"""
         import torch
+        from trainer.background import BackgroundWrites
         from trainer.checkpoint import save_checkpoint
-        save_checkpoint({{"w": torch.ones(1_000_000)}}, {str(target)!r}, wait=False)
+        writes = BackgroundWrites()
+        save_checkpoint({{"w": torch.ones(1_000_000)}}, {str(target)!r}, writes, wait=False)
         """
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -91,7 +108,7 @@ def test_a_rename_that_fails_in_the_background_fails_fit_and_keeps_earlier_files
         "last-epoch=1-step=10.ckpt",  # still the folder that was in the way
     ]
     assert load_checkpoint(folder / "last-epoch=0-step=5.ckpt")["state"]["global_step"] == 5
-    wait_for_pending_writes()  # the failure was raised once, by fit, and is not raised again
+    trainer.run_files.writes.wait()  # the failure was raised once, by fit, and not again
 
 
 class FailsInSecondEpoch(Trainer):
@@ -139,12 +156,40 @@ def test_a_rename_that_fails_in_the_background_stops_fit_at_the_next_log_step(
 def test_the_next_save_raises_an_earlier_background_failure_before_writing(
     tmp_path: Path,
 ) -> None:
+    writes = BackgroundWrites()
     blocked = _block_checkpoint_path(tmp_path, "first.ckpt")
-    save_checkpoint({"w": torch.ones(3)}, blocked, wait=False)
+    save_checkpoint({"w": torch.ones(3)}, blocked, writes, wait=False)
     finished = threading.Event()
-    after_pending_writes(finished.set)  # runs once the failing rename has run
+    writes.after_pending(finished.set)  # runs once the failing rename has run
     assert finished.wait(timeout=30)
     with pytest.raises(CheckpointError, match=r"could not save checkpoint .*first\.ckpt"):
-        save_checkpoint({"w": torch.ones(3)}, tmp_path / "second.ckpt")
+        save_checkpoint({"w": torch.ones(3)}, tmp_path / "second.ckpt", writes)
     assert not (tmp_path / "second.ckpt").exists()
-    wait_for_pending_writes()  # raised once, not again
+    writes.wait()  # raised once, not again
+
+
+def test_two_trainers_in_one_process_do_not_wait_on_each_others_writes(
+    tmp_path: Path,
+) -> None:
+    held = make_trainer(tmp_path / "held")
+    release = _hold_pending_writes(held.run_files.writes)
+    try:
+        other = make_trainer(tmp_path / "other", checkpoint=True, max_epochs=1)
+        other.fit()  # waits for its own saves only
+        assert (other.checkpoint_dir / "last-epoch=0-step=5.ckpt").is_file()
+        assert not release.is_set()  # the held queue is still blocked
+    finally:
+        release.set()
+    held.run_files.writes.wait()
+
+
+def test_a_failure_in_one_trainers_writes_is_raised_by_that_trainer_only(
+    tmp_path: Path,
+) -> None:
+    failing = make_trainer(tmp_path / "failing")
+    blocked = _block_checkpoint_path(tmp_path / "failing", "blocked.ckpt")
+    failing.save_checkpoint(blocked, wait=False)
+    other = make_trainer(tmp_path / "other", checkpoint=True, max_epochs=1)
+    other.fit()
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*blocked\.ckpt"):
+        failing.run_files.writes.wait()

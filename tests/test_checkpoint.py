@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,10 +25,10 @@ from trainer.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     export_weights,
-    find_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from trainer.run_files import NotARunCheckpointError, find_checkpoint
 
 IS_ROOT = not hasattr(os, "geteuid") or os.geteuid() == 0
 
@@ -46,16 +45,6 @@ class WritesMarker:
 
 def leftover_temporaries(folder: Path) -> list[Path]:
     return [path for path in folder.iterdir() if path.name.endswith(".tmp")]
-
-
-def fit_three_epochs(run_dir: Path) -> list[Path]:
-    """Train 3 epochs with the default checkpoint; return its files, newest first."""
-    make_trainer(run_dir, checkpoint=True, max_epochs=3).fit()
-    folder = run_dir / "version_0" / "checkpoints"
-    # Only finished files, rotated to the two newest: no temporaries, no older states.
-    names = sorted(path.name for path in folder.iterdir())
-    assert names == ["last-epoch=1-step=10.ckpt", "last-epoch=2-step=15.ckpt"]
-    return [folder / name for name in reversed(names)]
 
 
 # ------------------------------------------------------------------------------------ saving
@@ -332,77 +321,6 @@ def test_a_model_that_does_not_fit_the_checkpoint_is_refused_naming_the_paramete
         make_trainer(run_dir, deeper).validate(ckpt_path="last")
 
 
-def test_best_says_what_it_needs(run_dir: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"no checkpoint in .*, so no best one either"):
-        make_trainer(run_dir).fit(ckpt_path="best")
-    make_trainer(run_dir, checkpoint=True, max_epochs=1).fit()
-    with pytest.raises(CheckpointError, match=r"'best' needs a ModelCheckpoint\(monitor=\.\.\.\)"):
-        make_trainer(run_dir).fit(ckpt_path="best")
-
-
-# -------------------------------------------------------------------------------------- last
-def test_last_without_a_checkpoint_starts_fresh_with_a_notice(
-    trainer_factory: Callable, run_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    trainer = trainer_factory(checkpoint=True)
-    history = trainer.fit(ckpt_path="last")
-    notice = capsys.readouterr().out
-    assert f"No checkpoint in {run_dir} yet; starting from scratch." in notice
-    assert len(history) == 2
-    assert trainer.global_step == 10
-
-
-@pytest.mark.parametrize("damage", ["truncate-0", "truncate-50", "truncate-99", "bit-flip"])
-def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
-    run_dir: Path, damage: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    newest, previous = fit_three_epochs(run_dir)
-    data = newest.read_bytes()
-    if damage == "bit-flip":
-        position = len(data) - 7  # inside the tensor data, past the header
-        data = data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :]
-    else:
-        data = data[: len(data) * int(damage.split("-")[1]) // 100]
-    newest.write_bytes(data)
-
-    path, checkpoint = find_checkpoint("last", run_dir / "version_0" / "checkpoints")
-    assert path == previous
-    assert checkpoint["state"]["global_step"] == 10
-    assert f"Skipping checkpoint {newest}" in capsys.readouterr().err
-
-    resumed = make_trainer(run_dir, max_epochs=3)
-    resumed.fit(ckpt_path="last")
-    assert resumed.global_step == 15
-
-
-def test_last_falls_back_to_a_ranked_checkpoint_of_the_same_step(
-    trainer_factory: Callable, run_dir: Path
-) -> None:
-    """The contract: "last" is the newest *valid* checkpoint of run_dir, ranked ones included."""
-    ranked = ModelCheckpoint(monitor="train/loss", save_top_k=-1)
-    trainer_factory(callbacks=[ranked], max_epochs=2).fit()
-    folder = run_dir / "version_0" / "checkpoints"
-    newest = folder / "last-epoch=1-step=10.ckpt"
-    newest.write_bytes(newest.read_bytes()[:100])
-    assert find_checkpoint("last", folder)[0] == folder / "epoch=1-step=10.ckpt"
-
-    resumed = trainer_factory(checkpoint=True, max_epochs=3)
-    history = resumed.fit(ckpt_path="last")
-    assert [record["epoch"] for record in history] == [2.0]
-    assert resumed.global_step == 15
-
-
-def test_no_valid_checkpoint_is_an_error_listing_every_file_and_why(run_dir: Path) -> None:
-    for path in fit_three_epochs(run_dir):
-        path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError) as info:
-        make_trainer(run_dir).fit(ckpt_path="last")
-    message = str(info.value)
-    assert "no valid checkpoint" in message
-    assert "last-epoch=2-step=15.ckpt" in message and "last-epoch=1-step=10.ckpt" in message
-    assert "truncated" in message
-
-
 # ------------------------------------------------------------------------------------ resume
 def fit_with_dropout_and_shuffle(
     run_dir: Path, max_epochs: int, model_seed: int = 0, **fit_kwargs: Any
@@ -535,26 +453,10 @@ def test_a_checkpoint_with_a_valid_checksum_but_missing_parts_is_refused_naming_
     good = make_trainer(run_dir).save_checkpoint(tmp_path / "good.ckpt")
     bad = save_checkpoint(malform(load_checkpoint(good)), tmp_path / "bad.ckpt")
     expected = f"checkpoint {bad} is not a run checkpoint of this trainer: .*{reason}"
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(NotARunCheckpointError, match=expected):
         make_trainer(run_dir).fit(ckpt_path=bad)
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(NotARunCheckpointError, match=expected):
         make_trainer(run_dir).validate(ckpt_path=bad)
-
-
-def test_last_skips_a_malformed_newest_checkpoint_for_the_previous_one(
-    run_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make_trainer(run_dir, checkpoint=True).fit()
-    folder = run_dir / "version_0" / "checkpoints"
-    saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
-    bad = save_checkpoint({"model": saved["model"]}, folder / "last-epoch=2-step=15.ckpt")
-    resumed = make_trainer(run_dir, checkpoint=True, max_epochs=3)
-    resumed.fit(ckpt_path="last")
-    assert f"Skipping checkpoint {bad}: checkpoint {bad} is not a run checkpoint" in (
-        capsys.readouterr().err
-    )
-    assert resumed.global_step == 15  # resumed at step 10, then trained the third epoch
-    assert resumed.log_dir == run_dir / "version_0"
 
 
 def test_a_checkpoint_nested_too_deeply_to_read_is_a_checkpoint_error(tmp_path: Path) -> None:
@@ -572,30 +474,3 @@ def test_a_checkpoint_nested_too_deeply_to_read_is_a_checkpoint_error(tmp_path: 
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no valid checkpoint"):
         find_checkpoint("last", tmp_path)
-
-
-# ------------------------------------------------------------------------- stale temporaries
-def test_fit_removes_temporary_files_of_dead_writers_and_keeps_live_ones(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname().replace(".", "_")
-    name = ".last-epoch=0-step=5.ckpt"
-    of_dead = folder / f"{name}.{dead.pid}@{host}.k2j4h5g1.tmp"
-    of_this_process = folder / f"{name}.{os.getpid()}@{host}.a8s7d6f5.tmp"  # not in flight
-    of_a_live_process = folder / f"{name}.{os.getppid()}@{host}.q1w2e3r4.tmp"
-    of_another_host = folder / f"{name}.{dead.pid}@elsewhere.z9x8c7v6.tmp"
-    of_an_older_trainer = folder / f"{name}.abcdefgh.tmp"
-    for path in (of_dead, of_this_process, of_a_live_process, of_another_host, of_an_older_trainer):
-        path.write_bytes(b"half a checkpoint")
-
-    make_trainer(run_dir, checkpoint=ModelCheckpoint(dirpath=folder), max_epochs=1).fit()
-    assert not of_dead.exists() and not of_this_process.exists()
-    assert of_a_live_process.exists() and of_another_host.exists()
-    assert of_an_older_trainer.exists()  # names no writer: left alone
-    notice = f"removed 2 temporary file(s) of interrupted saves from {folder}"
-    assert notice in capsys.readouterr().err
-    assert (folder / "last-epoch=0-step=5.ckpt").is_file()

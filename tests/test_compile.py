@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from trainer import Trainer
 from trainer.callbacks import Callback
-from trainer.checkpoint import find_checkpoint
+from trainer.run_files import find_checkpoint
 
 
 class CountingBackend:

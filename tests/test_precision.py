@@ -15,10 +15,11 @@ from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import Callback
-from trainer.checkpoint import find_checkpoint, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 from trainer.precision import Precision
+from trainer.run_files import find_checkpoint
 
 
 class OutputDtypes(Callback):

@@ -1,12 +1,13 @@
-"""Checkpoint files: crash-safe writing, loading that cannot run code, and finding
-`"last"` / `"best"` among a run's files.
+"""The checkpoint file format: crash-safe writing, loading that cannot run code, and the
+random states a checkpoint carries.
 
 A checkpoint is one safetensors file: the tensors are stored as safetensors tensors, and
 everything else (counts, names, lists, dicts) as JSON text in its header, next to a CRC-32
 of both. Neither format can name a class or function, so opening a checkpoint never
 executes code. Writes go to a temporary file in the same folder, are flushed and renamed
-into place (that second half may finish in the background, `trainer.background`), so a
-crash leaves either the old file or the new one, never half of one.
+into place (that second half may finish on the owner's `BackgroundWrites` queue), so a
+crash leaves either the old file or the new one, never half of one. Which files a run has,
+and which of them `"last"` and `"best"` mean, is `trainer.run_files`' concern.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import random
 import re
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -29,29 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.background import (
-    after_pending_writes,
-    raise_pending_failures,
-    wait_for_pending_writes,
-)
+from trainer.background import BackgroundWrites
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
-    "best_checkpoint",
     "capture_rng_states",
-    "check_run_checkpoint",
     "export_weights",
-    "find_checkpoint",
-    "last_checkpoint_name",
+    "is_stale_temporary",
     "load_checkpoint",
     "load_model_weights",
-    "newest_checkpoint_files",
-    "newest_valid_checkpoint",
-    "remove_stale_temporary_files",
     "restore_rng_states",
-    "rotate_last_checkpoints",
     "save_checkpoint",
+    "saved_at_ns",
 ]
 
 FORMAT_NAME = "trainer-checkpoint"
@@ -59,7 +49,9 @@ FORMAT_VERSION = 3  # 3: per-rank states in "ranks"; 2: a CRC-32 checksum; 1: SH
 # A temporary file's name carries its writer: `.<name>.<pid>@<host>.<random>.tmp`.
 _TEMPORARY_PATTERN = re.compile(r"^\..+\.(\d+)@(.+)\.[^.]+\.tmp$")
 _HOST = socket.gethostname().replace(".", "_")
-_in_flight: set[str] = set()  # temporary files this process is still writing or renaming
+# Temporary files this process is still writing or renaming, whichever queue renames them:
+# a fact of the process, which a sweep by any of its trainers must respect.
+_in_flight: set[str] = set()
 # The checksum's place in the JSON header while the file is being written. Only the header's
 # own key can match the slot: inside the escaped `content` text, quotes carry backslashes.
 _CRC_NOT_YET = "00000000"
@@ -72,11 +64,18 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ writing
-def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = True) -> Path:
+def save_checkpoint(
+    checkpoint: dict[str, Any],
+    path: str | Path,
+    writes: BackgroundWrites | None = None,
+    *,
+    wait: bool = True,
+) -> Path:
     """Write `checkpoint` (tensors and plain data) to `path` atomically, with a checksum.
 
-    `wait=False` returns once the bytes are written; making them durable and renaming the
-    file into place finish in the background (`trainer.background`).
+    With `writes`, the owner's queue, the file is made durable and renamed into place after
+    that owner's earlier saves; `wait=False` then returns once the bytes are written and
+    leaves the rest to the queue. Without it the save is finished when this returns.
     """
     from safetensors.torch import save_file
 
@@ -108,13 +107,18 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path, wait: bool = T
                 summing.join()  # the weights may change as soon as this save returns
         _fill_in_checksum(temporary, summed[0] if summing is not None else _crc32(text, tensors))
 
-    return _write_atomically(Path(path), write, wait)
+    return _write_atomically(Path(path), write, writes, wait)
 
 
 def export_weights(
-    model: torch.nn.Module | dict[str, torch.Tensor], path: str | Path
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    path: str | Path,
+    writes: BackgroundWrites | None = None,
 ) -> Path:
-    """Write a model's weights (or a state dict) as a standard `.safetensors` file."""
+    """Write a model's weights (or a state dict) as a standard `.safetensors` file.
+
+    With `writes`, the file lands after that owner's pending saves, and this waits for it.
+    """
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -123,18 +127,27 @@ def export_weights(
     for name, tensor in weights.items():
         tensors[name] = _storable(tensor, seen)
     return _write_atomically(
-        Path(path), lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"})
+        Path(path),
+        lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}),
+        writes,
     )
 
 
-def _write_atomically(path: Path, write: Callable[[str], None], wait: bool = True) -> Path:
-    """`write` a temporary file now; `fsync` and rename it once earlier saves have landed.
+def _write_atomically(
+    path: Path,
+    write: Callable[[str], None],
+    writes: BackgroundWrites | None,
+    wait: bool = True,
+) -> Path:
+    """`write` a temporary file now; `fsync` and rename it once `writes`' earlier saves
+    have landed (at once without a queue).
 
     Every save queues its second half, so files land in the order they were saved, and a
     waiting save returns only once it (and every save before it) is in place. An earlier
     save that failed in the background is raised here, before anything is written.
     """
-    raise_pending_failures()
+    if writes is not None:
+        writes.raise_failures()
     temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,9 +160,12 @@ def _write_atomically(path: Path, write: Callable[[str], None], wait: bool = Tru
         write(temporary)
     except Exception as error:  # disk full, permissions, a folder that is a file, ...
         raise _save_error(path, temporary, error) from error
-    after_pending_writes(lambda: _put_in_place(temporary, path))
+    if writes is None:
+        _put_in_place(temporary, path)
+        return path
+    writes.after_pending(lambda: _put_in_place(temporary, path))
     if wait:
-        wait_for_pending_writes()
+        writes.wait()
     return path
 
 
@@ -199,29 +215,18 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def remove_stale_temporary_files(folder: Path) -> int:
-    """Delete the temporary files of saves that died in `folder`; return how many.
+def is_stale_temporary(path: Path) -> bool:
+    """Whether `path` is the temporary file of a save that died, so it may be deleted.
 
     A temporary file names its writer's process and host. It is stale when that process no
     longer runs on this host, or is this process but no longer writing it. Files of other
-    hosts, and those of older trainers that name no writer, are left alone.
+    hosts, and those of older trainers that name no writer, are never stale.
     """
-    removed = 0
-    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
-        match = _TEMPORARY_PATTERN.match(path.name)
-        if match is None or match[2] != _HOST:
-            continue
-        pid = int(match[1])
-        is_stale = str(path) not in _in_flight if pid == os.getpid() else not _is_alive(pid)
-        if is_stale:
-            path.unlink(missing_ok=True)
-            removed += 1
-    if removed:
-        print(
-            f"trainer: removed {removed} temporary file(s) of interrupted saves from {folder}",
-            file=sys.stderr,
-        )
-    return removed
+    match = _TEMPORARY_PATTERN.match(path.name)
+    if match is None or match[2] != _HOST:
+        return False
+    pid = int(match[1])
+    return str(path) not in _in_flight if pid == os.getpid() else not _is_alive(pid)
 
 
 def _is_alive(pid: int) -> bool:
@@ -303,10 +308,13 @@ def _sha256(text: str, tensors: dict[str, torch.Tensor]) -> str:
 
 # ------------------------------------------------------------------------------------ reading
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, verifying its checksum; tensors on CPU."""
+    """Read a checkpoint written by `save_checkpoint`, verifying its checksum; tensors on CPU.
+
+    A save still in its owner's queue is not in place yet: wait for that queue first (a
+    trainer's run files do, before they load).
+    """
     from safetensors import safe_open
 
-    wait_for_pending_writes()  # a save of this process may still be renaming its file
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist.")
@@ -345,6 +353,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from error
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} has malformed contents ({error}).") from error
+
+
+def saved_at_ns(path: Path) -> int:
+    """When `path` was saved, from its header; its mtime if it records none or is unreadable.
+
+    Read without loading the file: ordering a folder's checkpoints costs a header each.
+    """
+    try:
+        with open(path, "rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        return int(header["__metadata__"]["saved_at_ns"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:  # removed meanwhile
+            return -1
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
@@ -416,138 +440,6 @@ def load_model_weights(
             "model with the same architecture as the run that saved it."
         )
     (load or model.load_state_dict)(weights)
-
-
-# --------------------------------------------------------------------------- finding files
-def last_checkpoint_name(epoch: int, step: int) -> str:
-    """File name of a last-state checkpoint: carries the epoch (from 0) and optimizer step."""
-    return f"last-epoch={epoch}-step={step}.ckpt"
-
-
-def newest_checkpoint_files(folder: Path, pattern: str = "*.ckpt") -> list[Path]:
-    """The checkpoint files of `folder`, most recently saved first (none loaded).
-
-    The order is the time each file records in its header when saved (the file's mtime for
-    files that record none), never the step in its name: a run resumed from an older
-    checkpoint saves lower steps than the branch it abandoned, and its files are newer.
-    """
-    files = [path for path in folder.glob(pattern) if not path.name.startswith(".")]
-    return sorted(files, key=_saved_at_ns, reverse=True)
-
-
-def _saved_at_ns(path: Path) -> int:
-    """When `path` was saved, from its header; its mtime if it records none or is unreadable."""
-    try:
-        with open(path, "rb") as file:
-            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-        return int(header["__metadata__"]["saved_at_ns"])
-    except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
-        try:
-            return path.stat().st_mtime_ns
-        except OSError:  # removed meanwhile
-            return -1
-
-
-_RUN_CHECKPOINT_PARTS = {
-    "model": dict, "optimizer": dict, "scheduler": dict, "precision": dict, "state": dict,
-    "data": dict, "callbacks": dict,
-}  # fmt: skip
-# Each rank's own states: a list per rank since format 3, rank 0's "rng" dict before.
-_RANK_PARTS = {"ranks": list, "rng": dict}
-_STATE_PARTS = {"epoch": int, "global_step": int, "batches_in_epoch": int, "metrics": dict}
-
-
-def check_run_checkpoint(checkpoint: Any, path: Path | str) -> None:
-    """Raise `CheckpointError` naming `path` unless `checkpoint` has the parts a resume reads.
-
-    The checksum proves a file is what was written, not that a trainer wrote it.
-    """
-    problems = _wrong_parts(checkpoint, _RUN_CHECKPOINT_PARTS, "")
-    if not problems and not any(
-        isinstance(checkpoint.get(key), kind) for key, kind in _RANK_PARTS.items()
-    ):
-        problems = ["missing ranks (each rank's random states)"]
-    if not problems:
-        problems = _wrong_parts(checkpoint["state"], _STATE_PARTS, "state.")
-    if problems:
-        raise CheckpointError(
-            f"checkpoint {path} is not a run checkpoint of this trainer: {'; '.join(problems)}."
-        )
-
-
-def _wrong_parts(value: Any, parts: dict[str, type], prefix: str) -> list[str]:
-    if not isinstance(value, dict):
-        return [f"{prefix or 'it'} is a {type(value).__name__}, not a dict"]
-    missing = [f"{prefix}{key}" for key in parts if key not in value]
-    problems = [f"missing {', '.join(missing)}"] if missing else []
-    return problems + [
-        f"{prefix}{key} is a {type(value[key]).__name__}, not a {kind.__name__}"
-        for key, kind in parts.items()
-        if key in value and not isinstance(value[key], kind)
-    ]
-
-
-def newest_valid_checkpoint(folder: Path) -> tuple[tuple[Path, dict[str, Any]] | None, list[str]]:
-    """The most recently saved run checkpoint of `folder` that loads, and why newer ones don't.
-
-    Each file skipped is named on stderr with its reason.
-    """
-    wait_for_pending_writes()
-    problems = []
-    for path in newest_checkpoint_files(folder) if folder.is_dir() else []:
-        try:
-            checkpoint = load_checkpoint(path)
-            check_run_checkpoint(checkpoint, path)
-        except CheckpointError as error:
-            problems.append(f"{path.name}: {error}")
-            print(f"Skipping checkpoint {path}: {error}", file=sys.stderr)
-            continue
-        return (path, checkpoint), problems
-    return None, problems
-
-
-def find_checkpoint(ckpt_path: str | Path, folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """Resolve `"last"`, `"best"` or a path to a loaded checkpoint; None if `"last"` finds none.
-
-    `"last"` takes the most recently saved file in `folder` that loads, passes its checksum
-    and holds a run's parts, telling on stderr which newer files it skipped and why.
-    """
-    if ckpt_path not in ("last", "best"):
-        checkpoint = load_checkpoint(ckpt_path)
-        check_run_checkpoint(checkpoint, ckpt_path)
-        return Path(ckpt_path), checkpoint
-    found, problems = newest_valid_checkpoint(folder)
-    if found is not None:
-        return found if ckpt_path == "last" else best_checkpoint(found[1], folder)
-    if problems:
-        raise CheckpointError(
-            f"no valid checkpoint in {folder}:\n  " + "\n  ".join(problems)
-        )
-    if ckpt_path == "best":
-        raise CheckpointError(f"no checkpoint in {folder}, so no best one either.")
-    return None
-
-
-def best_checkpoint(checkpoint: dict[str, Any], folder: Path) -> tuple[Path, dict[str, Any]]:
-    """The best file recorded by the `ModelCheckpoint` state in `checkpoint`, loaded."""
-    states = checkpoint.get("callbacks", {})
-    recorded = [s.get("best_model_path") for s in states.values() if isinstance(s, dict)]
-    best = next((path for path in recorded if path), "")
-    if not best:
-        raise CheckpointError(
-            f"no best checkpoint recorded in {folder}; 'best' needs a "
-            "ModelCheckpoint(monitor=...) in the run that saved it: train with one among "
-            "the callbacks, or use 'last' for the run's newest state."
-        )
-    checkpoint = load_checkpoint(best)
-    check_run_checkpoint(checkpoint, best)
-    return Path(best), checkpoint
-
-
-def rotate_last_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the `keep` most recently saved last-state checkpoints of `folder`."""
-    for path in newest_checkpoint_files(folder, "last-*.ckpt")[keep:]:
-        path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------- random number generators

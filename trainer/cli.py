@@ -23,6 +23,7 @@ from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, build_job, config_to_yaml, load_config
 from trainer.preemption import TrainingInterrupted
 from trainer.report import executable
+from trainer.run_files import NoCheckpointError
 from trainer.trainer import NonFiniteLossError
 
 __all__ = ["build_parser", "main", "overrides_to_dotlist"]
@@ -154,7 +155,7 @@ def _checkpoint_problem(args: argparse.Namespace, error: CheckpointError) -> str
     message = str(error)
     if args.ckpt_path is None:
         return message
-    if message.startswith("no checkpoint in"):  # nothing trained there yet
+    if isinstance(error, NoCheckpointError):  # nothing trained there yet
         message += (
             " Train first with `trainer fit` and the same config and run_dir, or pass the "
             "path of a .ckpt file."

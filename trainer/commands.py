@@ -119,7 +119,7 @@ def lr_find(
     from trainer.lr_finder import find_lr
 
     trainer = job.make_trainer(train_loader=_loader(job, "train_loader", "lr-find"))
-    trainer._load_weights(ckpt_path)  # a checkpoint's weights, to fine-tune from
+    trainer.load_weights(ckpt_path)  # a checkpoint's weights, to fine-tune from
     try:
         result = find_lr(trainer, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps)
     except ValueError as error:

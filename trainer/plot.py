@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from trainer.run_folder import VERSION_PREFIX, run_homes
+from trainer.run_files import VERSION_PREFIX, run_homes
 
 __all__ = ["PlotError", "plot_run", "read_metrics"]
 

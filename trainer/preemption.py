@@ -2,8 +2,10 @@
 
 A handler only records the signal; the loop checks the record at the next optimizer-step
 boundary, where `save_and_exit` saves a checkpoint and raises `TrainingInterrupted`, so a
-cluster's kill notice never loses more than the step in flight. The previous handlers come
-back when `fit` returns.
+cluster's kill notice never loses more than the step in flight. It saves into the run's
+`checkpoint_dir` even when no callback saves checkpoints, and keeps as many last-state files
+there as the callbacks of that folder declare (`Callback.checkpoint_folder`). The previous
+handlers come back when `fit` returns.
 
 `TrainingInterrupted` is both a `KeyboardInterrupt` and a `SystemExit`: code that catches
 Ctrl-C catches it, a notebook or script may catch it and go on (the trainer stays usable),
@@ -21,8 +23,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trainer.callbacks.model_checkpoint import ModelCheckpoint
-from trainer.checkpoint import last_checkpoint_name, rotate_last_checkpoints
+from trainer.run_files import KEEP_LAST, last_checkpoint_name, rotate_last_checkpoints
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -111,14 +112,7 @@ def save_and_exit(trainer: Trainer, signum: int) -> None:
     checkpoint_dir, step = trainer.checkpoint_dir, trainer.state.global_step
     assert checkpoint_dir is not None  # chosen when fit started
     path = trainer.save_checkpoint(checkpoint_dir / last_checkpoint_name(trainer.epoch, step))
-    keep = max(
-        (
-            callback.keep_last
-            for callback in trainer.callbacks
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath == checkpoint_dir
-        ),
-        default=2,
-    )
+    keep = _last_checkpoints_to_keep(trainer, checkpoint_dir)
     trainer.distributed.run_on_zero(
         "remove old checkpoints", rotate_last_checkpoints, checkpoint_dir, keep
     )
@@ -130,3 +124,10 @@ def save_and_exit(trainer: Trainer, signum: int) -> None:
             file=sys.stderr,
         )
     raise TrainingInterrupted(signum, path)
+
+
+def _last_checkpoints_to_keep(trainer: Trainer, folder: Path) -> int:
+    """The most last-state files any callback keeping them in `folder` asks for."""
+    declared = [callback.checkpoint_folder(trainer) for callback in trainer.callbacks]
+    counts = [each.keep_last for each in declared if each is not None and each.folder == folder]
+    return max(counts, default=KEEP_LAST)

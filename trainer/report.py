@@ -1,6 +1,9 @@
 """What `trainer fit` prints when a run ends: how far it went, its final figures, its best
 epoch and the checkpoint that holds it, and commands that open and plot the run.
 
+What it says of the callbacks, they declare (`stop_reason`, `best_so_far`, `dashboard_url`):
+the report asks none of them for its type.
+
 The printed commands must work when pasted into the same shell. A project installed into a
 virtual environment that nobody activated has its `tensorboard` and `trainer` only in the
 environment's `bin/`, so a command is named by that path (relative to the working directory
@@ -18,10 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.callbacks.early_stopping import EarlyStopping
-from trainer.callbacks.model_checkpoint import ModelCheckpoint
-from trainer.callbacks.tensorboard import TensorBoardLogger
-
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
 
@@ -35,8 +34,8 @@ def fit_summary(trainer: Trainer, history: Sequence[Mapping[str, float]]) -> lis
     """The lines `trainer fit` ends with; epochs count from 1, as the progress bar's do."""
     records = {int(record["epoch"]): record for record in history}
     final = _figures(history[-1] if history else trainer.metrics)
-    stopper = _first(trainer, EarlyStopping, lambda callback: callback.stopped_epoch is not None)
-    stopped = f" (early stopping; max_epochs {trainer.max_epochs})" if stopper else ""
+    reason = next((why for callback in trainer.callbacks if (why := callback.stop_reason())), "")
+    stopped = f" ({reason}; max_epochs {trainer.max_epochs})" if reason else ""
     lines = [
         f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps{stopped}",
         f"final metrics: {format_figures(final, ', ')}",
@@ -54,46 +53,31 @@ def fit_summary(trainer: Trainer, history: Sequence[Mapping[str, float]]) -> lis
 def _dashboard_line(trainer: Trainer) -> list[str]:
     """The address that opens TensorBoard (on its default port) with the figures that judge
     the run pinned on top, where by name `lr` and `train` would come first."""
-    logger = _first(trainer, TensorBoardLogger, lambda callback: True)
-    url = logger.time_series_url(trainer) if logger is not None else None
+    urls = (callback.dashboard_url(trainer) for callback in trainer.callbacks)
+    url = next((url for url in urls if url), None)
     return [f"then open:     {url}"] if url else []
 
 
 def _best_lines(
     trainer: Trainer, records: Mapping[int, Mapping[str, float]], final: Mapping[str, float]
 ) -> list[str]:
-    """The best epoch by the checkpoint ranking (or by early stopping's watch, which keeps
-    no file), its figures beside the final value, and where its weights are."""
-    ranked = _first(trainer, ModelCheckpoint, _has_best_epoch)
-    if ranked is not None:
-        name, epoch, value = ranked.monitor.name, ranked.best_model_epoch, ranked.best_model_score
-        weights = f"{shell_path(ranked.best_model_path)} (--ckpt_path best)"
+    """The best epoch the callbacks declare (one whose file is kept first, such as the
+    checkpoint ranking's, else early stopping's watch), its figures beside the final value,
+    and where its weights are."""
+    best = trainer.callbacks.best_so_far()
+    if best is None:
+        return []
+    name, epoch, value = best.monitor, best.epoch, best.value
+    if best.path:
+        weights = f"{shell_path(best.path)} (--ckpt_path best)"
     else:
-        stopper = _first(trainer, EarlyStopping, lambda callback: callback.best_epoch is not None)
-        if stopper is None:
-            return []
-        name, epoch, value = stopper.monitor.name, stopper.best_epoch, stopper.best
         weights = "not kept; a ModelCheckpoint(monitor=...) among the callbacks keeps them"
-    assert epoch is not None and value is not None
     figures = dict(_figures(records.get(epoch, {}))) or {name: value}
     figures[name] = f"{value:.4g} (final {final[name]:.4g})" if name in final else value
     return [
         f"best epoch:    {epoch + 1} by {name}: {format_figures(figures, ', ')}",
         f"best weights:  {weights}",
     ]
-
-
-def _has_best_epoch(checkpoint: ModelCheckpoint) -> bool:
-    return checkpoint.monitor is not None and checkpoint.best_model_epoch is not None
-
-
-def _first(trainer: Trainer, kind: type, test: Any) -> Any:
-    """The first callback of `kind` for which `test` holds, or None."""
-    return next(
-        (callback for callback in trainer.callbacks.callbacks
-         if isinstance(callback, kind) and test(callback)),
-        None,
-    )  # fmt: skip
 
 
 def _figures(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 One checkpoint holds the model, optimizer, scheduler, grad scaler, `TrainState`, the random
 states of every rank (the data's generators among them), the data position inside the epoch,
-each callback's state and the trainer subclass's own `state_dict()`, so a resumed run
-continues as if it had never stopped. `checkpoint.py` writes, reads and finds the files; this
-module fills them and empties them. The `Trainer` fires the `on_save_checkpoint` and
+each callback's state, the best file its callbacks declare and the trainer subclass's own
+`state_dict()`, so a resumed run continues as if it had never stopped. `checkpoint.py`
+writes and reads the files, `run_files.py` finds them; this module fills them and empties
+them. The `Trainer` fires the `on_save_checkpoint` and
 `on_load_checkpoint` hooks around these functions.
 """
 
@@ -55,6 +56,8 @@ def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[
         "ranks": distributed.gather(own),  # rank 0's first
         "data": data.position(state.is_mid_epoch),
         "callbacks": trainer.callbacks.state_dicts(),
+        # The file `fit(ckpt_path="best")` loads, as the callbacks declare it ("" for none).
+        "best_checkpoint": best.path if (best := trainer.callbacks.best_so_far()) else "",
         "trainer": trainer.state_dict(),
     }
 

@@ -16,14 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.background import raise_pending_failures, wait_for_pending_writes
 from trainer.callbacks.base import Callback, CallbackList
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.defaults import assemble_callbacks
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
-from trainer.checkpoint import CheckpointError, export_weights, save_checkpoint
 from trainer.checks import (
     NanPolicy,
     as_distributed,
@@ -52,7 +50,7 @@ from trainer.optimization import Optimization
 from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
-from trainer.run_folder import RunFolder
+from trainer.run_files import RunFiles
 from trainer.sampling import TrainingData, length_or_none
 from trainer.state import TrainState
 
@@ -221,8 +219,7 @@ class Trainer:
         )  # fmt: skip
         if optimizer is not None:
             self.optimization.configure(optimizer)
-        self.run_dir = Path(run_dir) if run_dir else _default_run_dir()
-        self._run_folder = RunFolder(self.run_dir)
+        self.run_files = RunFiles(Path(run_dir) if run_dir else _default_run_dir())
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
@@ -257,14 +254,19 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
+    def run_dir(self) -> Path:
+        """The folder of this run's family: each run from scratch gets a `version_N` in it."""
+        return self.run_files.run_dir
+
+    @property
     def log_dir(self) -> Path | None:
         """This run's folder, `run_dir/version_N`: chosen when `fit` starts, None before."""
-        return self._run_folder.log_dir
+        return self.run_files.log_dir
 
     @property
     def checkpoint_dir(self) -> Path | None:
         """Where this run's checkpoints live: `log_dir/checkpoints` (None before `fit`)."""
-        return self.log_dir / "checkpoints" if self.log_dir is not None else None
+        return self.run_files.checkpoint_dir
 
     @property
     def is_global_zero(self) -> bool:
@@ -397,7 +399,7 @@ class Trainer:
         )
         self._data = TrainingData(self.train_loader, sampler)
         self.distributed.check_loader_length(self._data.length, self.accumulate_grad_batches)
-        found = self._run_folder.start(ckpt_path, self.distributed)
+        found = self.run_files.start(ckpt_path, self.distributed)
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)
             self.callbacks.call("on_load_checkpoint", self, checkpoint)
@@ -417,10 +419,10 @@ class Trainer:
                     figures = self._run_validation(self.val_loader)  # figures where it ended
                     self._send_to_loggers(figures)
                     history[-1] |= figures
-                self.distributed.run_on_zero("save checkpoints", wait_for_pending_writes)
+                self.distributed.run_on_zero("save checkpoints", self.run_files.writes.wait)
                 self.callbacks.call("on_fit_end", self)
             except BaseException as exception:
-                wait_for_pending_writes(raise_failures=False)  # the saves that did succeed land
+                self.run_files.writes.wait(raise_failures=False)  # the saves that did succeed land
                 self.distributed.report_failure(exception)
                 self.callbacks.call("on_exception", self, exception)
                 raise
@@ -433,14 +435,14 @@ class Trainer:
         loader = loader if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("validate() needs a loader: pass one, or val_loader=... to Trainer.")
-        self._load_weights(ckpt_path)
+        self.load_weights(ckpt_path)
         return self._run_validation(loader)
 
     def test(
         self, loader: Iterable[Any], ckpt_path: str | Path | None = None
     ) -> dict[str, float]:
         """Average the loss and metrics over `loader`, named `test/...`."""
-        self._load_weights(ckpt_path)
+        self.load_weights(ckpt_path)
         with self._in_stage("test"):
             self.callbacks.call("on_test_start", self)
             figures = self._run_eval_loop(loader, "test")
@@ -449,7 +451,7 @@ class Trainer:
 
     def predict(self, loader: Iterable[Any], ckpt_path: str | Path | None = None) -> list[Any]:
         """The outputs of `predict_step` for every batch of `loader`, in order."""
-        self._load_weights(ckpt_path)
+        self.load_weights(ckpt_path)
         with self._in_stage("predict"):
             return self._run_eval_loop(loader, "predict")
 
@@ -648,7 +650,7 @@ class Trainer:
 
     def _send_to_loggers(self, figures: dict[str, float]) -> None:
         """`on_log`, on rank 0 only: one process writes what all of them do."""
-        raise_pending_failures()  # a save that failed in the background stops the run here
+        self.run_files.writes.raise_failures()  # a save that failed in the background stops here
         if self.is_global_zero:
             self.callbacks.call("on_log", self, figures, self.state.global_step)
 
@@ -698,7 +700,8 @@ class Trainer:
         self.callbacks.call("on_save_checkpoint", self, checkpoint)
         # Rank 0 writes; every rank returns once the bytes are written (and, with `wait`,
         # once the file is in place).
-        self.distributed.run_on_zero("save a checkpoint", save_checkpoint, checkpoint, path, wait)
+        save = self.run_files.save
+        self.distributed.run_on_zero("save a checkpoint", save, checkpoint, path, wait)
         return Path(path)
 
     def export_weights(self, path: str | Path) -> Path:
@@ -707,16 +710,19 @@ class Trainer:
         On several ranks, call it on every rank (FSDP gathers the weights); rank 0 writes.
         """
         weights = self.distributed.model_state_dict(self.model)
-        self.distributed.run_on_zero("export weights", export_weights, weights, path)
+        self.distributed.run_on_zero("export weights", self.run_files.export, weights, path)
         return Path(path)
 
-    def _load_weights(self, ckpt_path: str | Path | None) -> None:
+    def load_weights(self, ckpt_path: str | Path | None) -> None:
+        """Load the model weights of `"last"`, `"best"` or a checkpoint file; None loads none.
+
+        What `validate`, `test` and `predict` do with their `ckpt_path`; call it to start from
+        a trained run's weights (as `trainer lr-find --ckpt_path` does).
+        """
         if ckpt_path is None:
             return
-        found = self._run_folder.find(ckpt_path)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {self.run_dir} to load.")
-        self.distributed.load_model_state(self.model, found[1]["model"], found[0])
+        path, checkpoint = self.run_files.find(ckpt_path)
+        self.distributed.load_model_state(self.model, checkpoint["model"], path)
 
     # -------------------------------------------------------------------------- set-up helpers
     def _place_model(self, model: nn.Module, compile: bool | dict[str, Any]) -> nn.Module:

@@ -33,7 +33,7 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
     saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
     assert set(saved) == {
         "model", "optimizer", "scheduler", "optimizers", "schedulers", "precision", "state",
-        "ranks", "data", "callbacks", "trainer",
+        "ranks", "data", "callbacks", "best_checkpoint", "trainer",
     }  # fmt: skip
     # Saved at the end of epoch 1, which is finished: a resumed run starts epoch 2.
     assert (saved["state"]["epoch"], saved["state"]["is_epoch_finished"]) == (1, True)

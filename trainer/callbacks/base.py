@@ -1,6 +1,12 @@
-"""`Callback`, the hook vocabulary, and `CallbackList`, which dispatches it.
+"""`Callback`, the hook vocabulary, what a callback declares to the loop, and `CallbackList`,
+which dispatches the hooks.
 
-`CallbackList` works out once per run which callbacks use which hook, so a hook that nobody
+A callback declares what the loop, the defaults, the stop path and the report must know of
+it, so none of them asks for its type: whether it writes checkpoints (`writes_checkpoints`),
+the folder it keeps last-state files in and how many (`checkpoint_folder`), the best epoch
+it has judged and the file holding it (`best_so_far`), why it stopped training
+(`stop_reason`) and an address that shows the run (`dashboard_url`). The base class declares
+nothing. `CallbackList` works out once per run which callbacks use which hook, so a hook that nobody
 uses costs one dictionary lookup and a callback that uses nothing costs nothing at all. A
 callback uses the hooks it overrides, minus those its `uses_hook` declines for its settings
 (a checkpoint callback without step saves has nothing to do after each batch).
@@ -9,14 +15,35 @@ callback uses the hooks it overrides, minus those its `uses_hook` declines for i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
     from trainer.trainer import Trainer
 
-__all__ = ["HOOKS", "Callback", "CallbackList"]
+__all__ = ["HOOKS", "BestEpoch", "Callback", "CallbackList", "CheckpointFolder"]
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """Where a callback keeps last-state checkpoints, and how many of them it keeps."""
+
+    folder: Path
+    keep_last: int
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """The best epoch a callback has judged: by which metric, its value then, the epoch
+    (from 0), and the checkpoint holding its weights ("" when none is kept)."""
+
+    monitor: str
+    value: float
+    epoch: int
+    path: str = ""
 
 
 class Callback:
@@ -31,6 +58,30 @@ class Callback:
         ...     def on_train_epoch_end(self, trainer):
         ...         print(trainer.epoch, trainer.metrics.get("train/loss"))
     """
+
+    writes_checkpoints: ClassVar[bool] = False
+    """Whether this callback saves checkpoints. Such callbacks run on every rank (a save
+    gathers every rank's state) and after all others, so a file holds their states too."""
+
+    def checkpoint_folder(self, trainer: Trainer) -> CheckpointFolder | None:
+        """The folder this callback keeps last-state checkpoints in, and how many; None when
+        it keeps none. A save on a signal keeps as many as the callbacks of its folder ask."""
+        return None
+
+    def best_so_far(self) -> BestEpoch | None:
+        """The best epoch this callback has judged so far, for `"best"` and the end-of-run
+        report; None when it judges none."""
+        return None
+
+    def stop_reason(self) -> str | None:
+        """A few words saying why this callback stopped training (`"early stopping"`), for
+        the end-of-run report; None when it did not stop it."""
+        return None
+
+    def dashboard_url(self, trainer: Trainer) -> str | None:
+        """An address that opens this callback's view of the run, for the end-of-run report;
+        None when it has none."""
+        return None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """When `fit` begins, after a checkpoint (if any) has been loaded."""
@@ -161,6 +212,12 @@ class CallbackList:
             seen[name] = seen.get(name, 0) + 1
             keyed.append((name if seen[name] == 1 else f"{name}_{seen[name]}", callback))
         return keyed
+
+    def best_so_far(self) -> BestEpoch | None:
+        """The best epoch the callbacks declare: the first whose weights a file keeps, else
+        the first one judged at all."""
+        declared = [best for callback in self.callbacks if (best := callback.best_so_far())]
+        return next((best for best in declared if best.path), declared[0] if declared else None)
 
     def __iter__(self) -> Iterator[Callback]:
         return iter(self.callbacks)

@@ -27,7 +27,8 @@ class CSVLogger(Callback):
     """Write `step` and every logged figure to a CSV file.
 
     Args:
-        path: the file; `metrics.csv` in the run's folder (`trainer.log_dir`) when None.
+        path: the file; None asks the trainer for `metrics.csv` in its run's folder
+            (`trainer.log_dir`) when a run starts.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -38,12 +39,12 @@ class CSVLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Pick up the rows of an earlier run up to the step this run continues from."""
-        self.path = self.path or trainer.log_dir / "metrics.csv"
+        path = self._file(trainer)
         self._rows = {}
         self._is_writing = trainer.is_global_zero
         self._has_unwritten_rows = True  # a resumed run's file may hold rows to drop
-        if trainer.global_step and self.path.exists():
-            with self.path.open(newline="") as file:
+        if trainer.global_step and path.exists():
+            with path.open(newline="") as file:
                 for row in csv.DictReader(file):
                     step = int(row.pop("step"))
                     if step <= trainer.global_step:
@@ -57,31 +58,36 @@ class CSVLogger(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         """Write the file so far."""
-        self._write()
+        self._write(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
         """Write the file, so every row up to the checkpoint is on disk before it is."""
-        self._write()
+        self._write(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         """Write the final file."""
-        self._write()
+        self._write(trainer)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """Keep what was logged before the failure."""
-        self._write()
+        self._write(trainer)
 
-    def _write(self) -> None:
+    def _file(self, trainer: Trainer) -> Path:
+        """`path`, else `metrics.csv` in the trainer's run folder."""
+        return self.path or trainer.log_dir / "metrics.csv"
+
+    def _write(self, trainer: Trainer) -> None:
         # An epoch end that saves a checkpoint asks twice; the second write would be the same.
-        if self.path is None or not self._rows or not self._has_unwritten_rows:
+        if not self._rows or not self._has_unwritten_rows:
             return
+        path = self._file(trainer)
         columns = list(dict.fromkeys(name for row in self._rows.values() for name in row))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
         with temporary.open("w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=["step", *columns])
             writer.writeheader()
             for step in sorted(self._rows):
                 writer.writerow({"step": step, **self._rows[step]})
-        os.replace(temporary, self.path)
+        os.replace(temporary, path)
         self._has_unwritten_rows = False

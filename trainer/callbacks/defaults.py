@@ -25,12 +25,13 @@ def assemble_callbacks(
     checkpoint: Any,
     is_global_zero: bool = True,
 ) -> list[Callback]:
-    """Defaults first, then the user's; callbacks that save checkpoints go last so they
-    capture every other callback's state for the step.
+    """Defaults first, then the user's; callbacks that declare `writes_checkpoints` go last
+    so they capture every other callback's state for the step.
 
     `logger` stands for two defaults, TensorBoard and CSV; an instance of one replaces that
     one, and an instance in `callbacks` replaces the default of its class. Only rank 0 gets
-    the default progress bar and loggers: one process shows and writes what all of them do."""
+    the default progress bar and loggers (one process shows and writes what all of them do);
+    every rank gets the default checkpoint, as a save gathers every rank's state."""
     callbacks = list(callbacks or [])
     defaults: list[Callback] = []
     for name, wanted, kinds in (
@@ -47,7 +48,7 @@ def assemble_callbacks(
             if isinstance(wanted, kind):
                 defaults.append(wanted)
             elif wanted is not False and not any(isinstance(cb, kind) for cb in callbacks):
-                if is_global_zero or kind is ModelCheckpoint:
+                if is_global_zero or kind.writes_checkpoints:
                     defaults.append(kind())
     ordered = defaults + callbacks
-    return sorted(ordered, key=lambda callback: isinstance(callback, ModelCheckpoint))
+    return sorted(ordered, key=lambda callback: callback.writes_checkpoints)

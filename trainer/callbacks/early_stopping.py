@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.callbacks.base import Callback
+from trainer.callbacks.base import BestEpoch, Callback
 from trainer.callbacks.monitor import Monitor
 from trainer.callbacks.progress import write_line
 
@@ -60,6 +60,16 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
             if trainer.is_global_zero:
                 write_line(self.reason(value))
+
+    def best_so_far(self) -> BestEpoch | None:
+        """The epoch with the best value so far; its weights are in no file."""
+        if self.best_epoch is None:
+            return None
+        return BestEpoch(self.monitor.name, self.best, self.best_epoch)
+
+    def stop_reason(self) -> str | None:
+        """`"early stopping"` once it has stopped a run."""
+        return "early stopping" if self.stopped_epoch is not None else None
 
     def reason(self, value: float) -> str:
         """One line saying when and why training stopped; epochs count from 1, as the

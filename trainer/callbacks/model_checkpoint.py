@@ -8,14 +8,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.background import after_pending_writes
-from trainer.callbacks.base import Callback
+from trainer.callbacks.base import BestEpoch, Callback, CheckpointFolder
 from trainer.callbacks.monitor import Monitor
-from trainer.checkpoint import (
-    last_checkpoint_name,
-    remove_stale_temporary_files,
-    rotate_last_checkpoints,
-)
+from trainer.run_files import KEEP_LAST, last_checkpoint_name, remove_stale_temporary_files
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -36,12 +31,14 @@ class ModelCheckpoint(Callback):
             resume from.
         every_n_epochs: save at the end of every N-th epoch (0 disables epoch saves).
         every_n_steps: also save every N optimizer steps, mid-epoch.
-        dirpath: folder for the files, used as given; the run's `log_dir/checkpoints`
-            (`run_dir/version_N/checkpoints`) when None.
+        dirpath: folder for the files, used as given; None asks the trainer for its run's
+            `checkpoint_dir` (`run_dir/version_N/checkpoints`) at each save.
         keep_last: how many last-state files to keep (at least 1).
 
     Ranked files are named `epoch=E-step=S.ckpt`, with the epoch counted from 0.
     """
+
+    writes_checkpoints = True
 
     def __init__(
         self,
@@ -52,7 +49,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
         dirpath: str | Path | None = None,
-        keep_last: int = 2,
+        keep_last: int = KEEP_LAST,
     ) -> None:
         if save_top_k < -1:
             raise ValueError(f"save_top_k must be -1 (keep all) or >= 0, got {save_top_k}.")
@@ -91,6 +88,22 @@ class ModelCheckpoint(Callback):
         match = re.fullmatch(r"epoch=(\d+)-step=\d+\.ckpt", Path(self.best_model_path).name)
         return int(match.group(1)) if match else None
 
+    def folder(self, trainer: Trainer) -> Path | None:
+        """Where the files go: `dirpath`, else the trainer's `checkpoint_dir`."""
+        return self.dirpath or trainer.checkpoint_dir
+
+    def checkpoint_folder(self, trainer: Trainer) -> CheckpointFolder | None:
+        """Its folder and `keep_last`, which a save on a signal honours too."""
+        folder = self.folder(trainer)
+        return CheckpointFolder(folder, self.keep_last) if folder is not None else None
+
+    def best_so_far(self) -> BestEpoch | None:
+        """The best ranked checkpoint's epoch, value and file; None before a ranked save."""
+        epoch, score = self.best_model_epoch, self.best_model_score
+        if self.monitor is None or epoch is None or score is None:
+            return None
+        return BestEpoch(self.monitor.name, score, epoch, self.best_model_path)
+
     def uses_hook(self, hook: str) -> bool:
         """Skip the per-batch hook when no step saves are asked for (the usual case)."""
         is_idle = hook == "on_train_batch_end" and not self.every_n_steps
@@ -99,12 +112,11 @@ class ModelCheckpoint(Callback):
         return super().uses_hook(hook)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        """Default the folder to the run's `checkpoints/`; sweep saves that died there. A
-        resumed state is saved already."""
-        self.dirpath = self.dirpath or trainer.checkpoint_dir
+        """Sweep the files of saves that died in the folder. A resumed state is saved already."""
         self._saved_step = trainer.global_step
-        if trainer.is_global_zero and self.dirpath is not None:
-            remove_stale_temporary_files(self.dirpath)
+        folder = self.folder(trainer)
+        if trainer.is_global_zero and folder is not None:
+            remove_stale_temporary_files(folder)
 
     def on_train_end(self, trainer: Trainer) -> None:
         """Save the state training stopped in, unless a save already holds it."""
@@ -130,18 +142,19 @@ class ModelCheckpoint(Callback):
     def _save_last(self, trainer: Trainer) -> None:
         if not self.save_last:
             return
-        assert self.dirpath is not None
+        folder = self.folder(trainer)
+        assert folder is not None  # chosen when fit started
         self._saved_step = trainer.global_step
-        path = self.dirpath / last_checkpoint_name(trainer.epoch, trainer.global_step)
+        path = folder / last_checkpoint_name(trainer.epoch, trainer.global_step)
         self.last_model_path = str(path)  # before saving, so the file records its own path
         # The fsync and rename finish in the background; old files go only after them.
         trainer.save_checkpoint(path, wait=False)
         if trainer.is_global_zero:  # one process manages the files
-            folder, keep = self.dirpath, self.keep_last
-            after_pending_writes(lambda: rotate_last_checkpoints(folder, keep=keep))
+            trainer.run_files.rotate_last_checkpoints(folder, self.keep_last)
 
     def _save_ranked(self, trainer: Trainer) -> None:
-        assert self.monitor is not None and self.dirpath is not None
+        folder = self.folder(trainer)
+        assert self.monitor is not None and folder is not None
         score = self.monitor.read(trainer.metrics, "ModelCheckpoint")
         if math.isnan(score):  # NaN compares false both ways and would corrupt the ranking
             score = self.monitor.worst()
@@ -149,25 +162,25 @@ class ModelCheckpoint(Callback):
             worst = self._worst_path()
             if not self.monitor.is_improvement(score, self.best_k[worst]):
                 return
-        path = self.dirpath / f"epoch={trainer.epoch}-step={trainer.global_step}.ckpt"
+        path = folder / f"epoch={trainer.epoch}-step={trainer.global_step}.ckpt"
         self.best_k[str(path)] = score
         best_score = self.best_k.get(self.best_model_path, self.monitor.worst())
         if self.monitor.is_improvement(score, best_score):
             self.best_model_path = str(path)
         trainer.save_checkpoint(path, wait=False)
         while self.save_top_k != -1 and len(self.best_k) > self.save_top_k:
-            self._remove(self._worst_path(), trainer.is_global_zero)
+            self._remove(self._worst_path(), trainer)
 
     def _worst_path(self) -> str:
         pick = max if self.monitor is not None and self.monitor.mode == "min" else min
         return pick(self.best_k, key=self.best_k.__getitem__)
 
-    def _remove(self, path: str, is_global_zero: bool) -> None:
+    def _remove(self, path: str, trainer: Trainer) -> None:
         del self.best_k[path]
         file = Path(path)
-        is_ours = self.dirpath is not None and file.parent == self.dirpath
-        if is_ours and is_global_zero and path != self.best_model_path:
-            after_pending_writes(lambda: file.unlink(missing_ok=True))
+        is_ours = file.parent == self.folder(trainer)
+        if is_ours and trainer.is_global_zero and path != self.best_model_path:
+            trainer.run_files.remove(file)
 
     def state_dict(self) -> dict[str, Any]:
         """The ranking and paths, so a resumed run keeps rotating the same files."""

@@ -41,8 +41,8 @@ class TensorBoardLogger(Callback):
     """Write scalars, hyperparameters, the config and optional histograms to TensorBoard.
 
     Args:
-        log_dir: where the event files go; the run's folder (`trainer.log_dir`,
-            `run_dir/version_N`) when None.
+        log_dir: where the event files go; None asks the trainer for its run's folder
+            (`trainer.log_dir`, `run_dir/version_N`) when a run starts.
         log_hparams: record the run's hyperparameters for the HParams tab, where each run's
             last value of every scalar (`val/loss`, `val/acc`, ...) stands beside them, and
             `trainer.hparams` as YAML for the Text tab.
@@ -93,6 +93,10 @@ class TensorBoardLogger(Callback):
         query = urllib.parse.quote(cards, safe="/:,")
         return f"http://localhost:{port}/?pinnedCards={query}#timeseries"
 
+    def dashboard_url(self, trainer: Trainer) -> str | None:
+        """The Time Series tab with the figures that judge the run pinned on top."""
+        return self.time_series_url(trainer)
+
     def uses_hook(self, hook: str) -> bool:
         """Without histograms, the per-step histogram hooks have nothing to do."""
         is_histogram_hook = hook in ("on_train_epoch_start", "on_before_optimizer_step")
@@ -108,10 +112,10 @@ class TensorBoardLogger(Callback):
         # tensorboard and protobuf load here, once per run that logs, not at `import trainer`.
         from torch.utils.tensorboard import SummaryWriter
 
-        self.log_dir = self.log_dir or trainer.log_dir
+        folder = self.log_dir or trainer.log_dir
         purge_step = trainer.global_step + 1 if trainer.global_step else None
         # Events are flushed at checkpoints and at the end; the timer is for long epochs.
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, flush_secs=30)
+        self._writer = SummaryWriter(str(folder), purge_step=purge_step, flush_secs=30)
         self._tags = {}
         self._is_layout_due = False
         if trainer.global_step == 0:  # a resumed run has these from its start
@@ -198,7 +202,8 @@ class TensorBoardLogger(Callback):
             hparams = dashboard_hparams(trainer.hparams, trainer_options=options)
             # The row is named after the run's folder ("version_0 (digits_mlp)"): the hash
             # TensorBoard would use says nothing, and the job keeps two jobs' rows apart.
-            trial = f"{self.log_dir.name} ({self.log_dir.parent.name})"
+            folder = Path(self._writer.log_dir)
+            trial = f"{folder.name} ({folder.parent.name})"
             summary = summary_v2.hparams_pb(hparams, trial_id=trial, start_time_secs=time.time())
             self._writer.file_writer.add_summary(summary, global_step=0)
             self._writer.add_text("config", _as_markdown_yaml(trainer.hparams), global_step=0)

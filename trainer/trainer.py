@@ -40,6 +40,7 @@ from trainer.checks import (
     non_finite_loss_message,
     split_optimization,
 )
+from trainer.data_position import DataPosition
 from trainer.device import batch_size_of, batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
@@ -54,7 +55,6 @@ from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
 from trainer.run_folder import RunFolder
-from trainer.sampling import TrainingData, length_or_none
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
@@ -202,7 +202,9 @@ class Trainer:
         self.precision = Precision(precision, self.device)
         self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
-        self.train_loader = check_loader(train_loader, "train_loader")
+        # Made resumable and split between ranks once: readers before fit see it as it runs.
+        train_loader = check_loader(train_loader, "train_loader")
+        self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
         self.val_loader = self.distributed.shard_for_evaluation(val_loader)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
@@ -228,7 +230,6 @@ class Trainer:
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._phase: str | None = None  # where self.log sends a value: the step running
         self._logs = LogBook()
-        self._data = TrainingData(self.train_loader, None)
         self._preemption = PreemptionWatch()
 
     # ----------------------------------------------------------------- state a callback reads
@@ -277,9 +278,14 @@ class Trainer:
         return self._logs.batch_size
 
     @property
+    def train_loader(self) -> Iterable[Any] | None:
+        """The training loader as it runs: made resumable and, on several ranks, split."""
+        return self._data.loader
+
+    @property
     def num_train_batches(self) -> int | None:
         """Batches per training epoch, or None for a loader without a length."""
-        return length_or_none(self.train_loader)
+        return self._data.loader_length
 
     # ------------------------------------------------------------------------- override points
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any]:
@@ -361,11 +367,7 @@ class Trainer:
         if not self.optimizers:
             self._set_optimization(*split_optimization(self.configure_optimizers()))
         check_optimization_mode(self)
-        self.train_loader, sampler = self.distributed.shard_training_loader(
-            self.train_loader, pin_memory=self.device.type == "cuda"
-        )
-        self._data = TrainingData(self.train_loader, sampler)
-        self.distributed.check_loader_length(self._data.length, self.accumulate_grad_batches)
+        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
         found = self._run_folder.start(ckpt_path, self.distributed)
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)

@@ -6,12 +6,19 @@ from collections.abc import Iterator
 
 import torch
 from conftest import make_loader
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from trainer.sampling import (
     EvaluationShard,
     ResumableSampler,
     make_resumable,
+    set_sampler_epoch,
     shard_for_evaluation,
     why_not_resumable,
 )
@@ -112,3 +119,12 @@ def test_evaluation_shards_cover_every_sample_exactly_once() -> None:
 def test_a_loader_with_its_own_sampler_is_evaluated_whole_on_every_rank() -> None:
     loader = _indices(8, sampler=WeightedRandomSampler([1.0] * 8, num_samples=8))
     assert shard_for_evaluation(loader, 2, 1) is loader
+
+
+def test_a_distributed_sampler_is_told_each_epoch_so_it_reshuffles() -> None:
+    sampler = DistributedSampler(TensorDataset(torch.arange(8)), num_replicas=2, rank=0)
+    loader = _indices(8, sampler=sampler)
+    first = _batches(loader)
+    set_sampler_epoch(loader, 1)
+    assert sampler.epoch == 1
+    assert _batches(loader) != first

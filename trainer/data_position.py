@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.sampling import ResumableSampler, why_not_resumable
+from trainer.sampling import ResumableSampler, set_sampler_epoch, why_not_resumable
 
 if TYPE_CHECKING:
     from trainer.distributed import Distributed
 
-__all__ = ["DataPosition", "data_generators", "length_or_none", "set_sampler_epoch"]
+__all__ = ["DataPosition", "data_generators", "length_or_none"]
 
 
 class DataPosition:
@@ -203,16 +203,6 @@ def data_generators(loader: Any) -> list[torch.Generator]:
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
     return found
-
-
-def set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
-    for sampler in (
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ):
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
 
 
 def _warn_if_inexact_mid_epoch(loader: Iterable[Any] | None) -> bool:

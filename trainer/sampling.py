@@ -1,5 +1,5 @@
 """The samplers: an epoch's order that restarts at any index, split between the ranks of a
-distributed run, and the evaluation shards.
+distributed run, the evaluation shards, and telling a loader's samplers the epoch.
 
 A plain `DataLoader(shuffle=True)` draws its epoch's seed from torch's global generator
 when its iterator starts, so the order cannot be asked for later. `make_resumable` gives
@@ -33,6 +33,7 @@ __all__ = [
     "EvaluationShard",
     "ResumableSampler",
     "make_resumable",
+    "set_sampler_epoch",
     "shard_for_evaluation",
     "why_not_resumable",
 ]
@@ -221,3 +222,13 @@ def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False
     }
     settings["pin_memory"] = settings.get("pin_memory", False) or pin_memory
     return DataLoader(loader.dataset, sampler=sampler, **settings)
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)

@@ -374,13 +374,6 @@ def test_resume_without_seed_still_matches_the_straight_run(tmp_path: Path) -> N
     assert_equal_states(resumed.model.state_dict(), straight.model.state_dict(), "model")
 
 
-def test_resuming_mid_epoch_with_other_batches_is_refused(run_dir: Path) -> None:
-    make_trainer(run_dir, max_steps=3, callbacks=[ModelCheckpoint(every_n_steps=3)]).fit()
-    changed = make_trainer(run_dir, train_loader=make_loader(batch_size=4))
-    with pytest.raises(ValueError, match=r"stopped mid-epoch.*batch_size 8 -> 4"):
-        changed.fit(ckpt_path="last")
-
-
 def test_early_stopping_state_round_trips_through_the_checkpoint(
     trainer_factory: Callable, run_dir: Path
 ) -> None:

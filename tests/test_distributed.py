@@ -1,4 +1,5 @@
-"""Distributed training: real 2-process gloo jobs on the CPU, and the sharding behind them.
+"""Distributed training: real 2-process gloo jobs on the CPU (the samplers behind them are
+tested in test_sampling.py).
 
 The jobs run `tests/jobs/distributed_job.py` once per rank with the environment torchrun
 gives its workers (free ports, one thread each), or under torchrun itself. Collective
@@ -25,7 +26,6 @@ from conftest import assert_same_final_state, make_loader, make_mlp, make_traine
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
 from trainer.distributed import Distributed, launch_environment
-from trainer.sampling import EvaluationShard, ResumableSampler, shard_for_evaluation
 
 JOB = Path(__file__).parent / "jobs" / "distributed_job.py"
 STEPS_PER_EPOCH = 3  # 96 samples, 2 ranks x batch 8: 6 batches each, in windows of 2
@@ -114,36 +114,6 @@ def _assert_close(expected: dict, actual: dict, tolerance: float, context: str) 
     for name, tensor in expected["model"].items():
         difference = (tensor - actual["model"][name]).abs().max().item()
         assert difference <= tolerance, f"{context}: weight {name} differs by {difference}"
-
-
-# ---------------------------------------------------------------- sharding, in one process
-def test_ranks_shard_one_permutation_into_disjoint_equal_shares() -> None:
-    shares = [
-        list(ResumableSampler(10, shuffle=True, num_replicas=3, rank=rank,
-                              share_seed=lambda seed: 1234))
-        for rank in range(3)
-    ]  # fmt: skip
-    assert [len(share) for share in shares] == [4, 4, 4]
-    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(1234)).tolist()
-    padded = permutation + permutation[:2]
-    assert shares == [padded[rank::3] for rank in range(3)]
-
-
-def test_a_sharded_epoch_resumes_at_the_next_unconsumed_index() -> None:
-    sampler = ResumableSampler(16, shuffle=True, num_replicas=2, rank=1,
-                               share_seed=lambda seed: 7)  # fmt: skip
-    whole = list(sampler)
-    sampler.resume_at(sampler.epoch_order, 5)
-    assert list(sampler) == whole[5:]
-
-
-def test_evaluation_shards_cover_every_sample_exactly_once() -> None:
-    loader = make_loader(n=37, batch_size=5)
-    shards = [shard_for_evaluation(loader, 2, rank) for rank in range(2)]
-    assert all(isinstance(shard.sampler, EvaluationShard) for shard in shards)
-    seen = sorted(i for shard in shards for i in shard.sampler)
-    assert seen == list(range(37))
-    assert [len(shard.sampler) for shard in shards] == [19, 18]
 
 
 def test_a_bad_strategy_names_the_choices(run_dir: Path) -> None:

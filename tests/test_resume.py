@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from trainer import Trainer
-from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.callbacks import Callback, EarlyStopping
 from trainer.trainer import NonFiniteLossError
 
 JOB = Path(__file__).parent / "jobs" / "resumable_job.py"
@@ -244,26 +244,6 @@ def test_nan_policy_skip_leaves_the_bad_batch_out_and_counts_it(run_dir: Path) -
     assert trainer.state.skipped_batches == 2
     assert all(math.isfinite(p.sum().item()) for p in trainer.model.parameters())
     assert all(math.isfinite(record["train/loss"]) for record in history)
-
-
-def test_worker_side_transforms_warn_once_at_a_mid_epoch_save(run_dir: Path) -> None:
-    """Random transforms in worker processes cannot repeat after a mid-epoch resume: said once."""
-
-    class Transformed(torch.utils.data.Dataset):
-        transform = staticmethod(lambda x: x + torch.randn_like(x))
-
-        def __len__(self) -> int:
-            return 16
-
-        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.transform(torch.zeros(64)), torch.tensor(index % 10)
-
-    loader = torch.utils.data.DataLoader(Transformed(), batch_size=4, num_workers=2)
-    trainer = make_trainer(run_dir, train_loader=loader, max_epochs=1,
-                           checkpoint=ModelCheckpoint(every_n_steps=1))  # fmt: skip
-    with pytest.warns(UserWarning, match="workers apply the data set's transform") as caught:
-        trainer.fit()
-    assert sum("transform" in str(w.message) for w in caught) == 1
 
 
 def test_sigkill_right_after_a_checkpoint_keeps_every_event_up_to_it(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 from torch import nn
 
+from trainer.data_position import length_or_none
 from trainer.distributed import Distributed
-from trainer.sampling import length_or_none
 from trainer.state import TrainState
 
 if TYPE_CHECKING:

@@ -349,7 +349,7 @@ class Distributed:
                 f"the train_loader is not split between the {self.world_size} ranks ({reason}), "
                 "so each rank trains on the same data: give it a DistributedSampler, or pass "
                 "a plain DataLoader and the trainer splits it.",
-                stacklevel=3,
+                stacklevel=4,
             )
         return loader, None
 

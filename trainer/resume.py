@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import CheckpointError, capture_rng_states, restore_rng_states
+from trainer.data_position import DataPosition
 from trainer.optimization import named
-from trainer.sampling import TrainingData, check_same_data
 
 if TYPE_CHECKING:
     from trainer.metrics import LogBook
@@ -25,14 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["restore_run", "run_checkpoint"]
 
 
-def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[str, Any]:
+def run_checkpoint(trainer: Trainer, data: DataPosition, logs: LogBook) -> dict[str, Any]:
     """Everything needed to continue `trainer`'s run from where it is now.
 
-    On several ranks every rank calls it: what each rank keeps of its own (random streams
-    for dropout and workers, the data's generators, the epoch's running sums) is gathered.
+    On several ranks every rank calls it: what each rank keeps of its own (`_rank_states`)
+    is gathered.
     """
     distributed, optimizer, state = trainer.distributed, trainer.optimizer, trainer.state
-    own = {"rng": capture_rng_states(), "data": data.random_states(), "logs": logs.state_dict()}
     return {
         "model": distributed.model_state_dict(trainer.model),
         "optimizer": distributed.optimizer_state_dict(trainer.model, optimizer)
@@ -53,7 +52,7 @@ def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[
         else {},
         "precision": trainer.precision.state_dict(),
         "state": state.state_dict(),
-        "ranks": distributed.gather(own),  # rank 0's first
+        "ranks": distributed.gather(_rank_states(data, logs)),  # rank 0's first
         "data": data.position(state.is_mid_epoch),
         "callbacks": trainer.callbacks.state_dicts(),
         # The file `fit(ckpt_path="best")` loads, as the callbacks declare it ("" for none).
@@ -63,7 +62,7 @@ def run_checkpoint(trainer: Trainer, data: TrainingData, logs: LogBook) -> dict[
 
 
 def restore_run(
-    trainer: Trainer, data: TrainingData, logs: LogBook, path: Path, checkpoint: dict[str, Any]
+    trainer: Trainer, data: DataPosition, logs: LogBook, path: Path, checkpoint: dict[str, Any]
 ) -> dict[str, Any]:
     """Put `checkpoint`, loaded from `path`, back into `trainer`; return it.
 
@@ -74,7 +73,7 @@ def restore_run(
     trainer.state.load_state_dict(checkpoint["state"])
     is_mid_epoch = trainer.state.is_mid_epoch
     if is_mid_epoch:
-        check_same_data(checkpoint["data"], data.loader, path)
+        data.check_same_data(checkpoint["data"], path)
     own = _own_states(checkpoint, distributed.rank)
     if trainer.optimizer is not None:
         distributed.load_optimizer_state(trainer.model, trainer.optimizer, checkpoint["optimizer"])
@@ -85,7 +84,7 @@ def restore_run(
     trainer.callbacks.load_state_dicts(checkpoint["callbacks"])
     trainer.load_state_dict(checkpoint.get("trainer", {}))
     restore_rng_states(own["rng"])
-    data.resume(checkpoint["data"], own["data"], is_mid_epoch)
+    data.resume(checkpoint["data"], own["data"], trainer.state.batches_in_epoch)
     if is_mid_epoch:
         logs.load_state_dict(own["logs"])
     return checkpoint
@@ -108,6 +107,12 @@ def _load_named(
     for name, scheduler in named(trainer.schedulers):
         if scheduler is not None and name in schedulers:
             scheduler.load_state_dict(schedulers[name])
+
+
+def _rank_states(data: DataPosition, logs: LogBook) -> dict[str, Any]:
+    """What each rank saves of its own, read back by `_own_states`: its random streams (for
+    dropout and workers), its data generators and its epoch's running sums."""
+    return {"rng": capture_rng_states(), "data": data.random_states(), "logs": logs.state_dict()}
 
 
 def _own_states(checkpoint: dict[str, Any], rank: int) -> dict[str, Any]:

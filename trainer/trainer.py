@@ -37,7 +37,8 @@ from trainer.checks import (
     non_finite_loss_message,
     split_optimization,
 )
-from trainer.device import batches_on_device
+from trainer.data_position import DataPosition
+from trainer.device import batch_size_of, batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.metrics import (
@@ -51,7 +52,6 @@ from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
-from trainer.sampling import TrainingData, length_or_none
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
@@ -204,7 +204,9 @@ class Trainer:
         self.precision = Precision(precision, self.device)
         self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
-        self.train_loader = check_loader(train_loader, "train_loader")
+        # Made resumable and split between ranks once: readers before fit see it as it runs.
+        train_loader = check_loader(train_loader, "train_loader")
+        self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
         self.val_loader = self.distributed.shard_for_evaluation(val_loader)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
@@ -225,7 +227,6 @@ class Trainer:
         )
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
-        self._data = TrainingData(self.train_loader, None)
         self._preemption = PreemptionWatch()
 
     # ----------------------------------------------------------------- state a callback reads
@@ -314,9 +315,14 @@ class Trainer:
         return self._logs.log_every_n_steps
 
     @property
+    def train_loader(self) -> Iterable[Any] | None:
+        """The training loader as it runs: made resumable and, on several ranks, split."""
+        return self._data.loader
+
+    @property
     def num_train_batches(self) -> int | None:
         """Batches per training epoch, or None for a loader without a length."""
-        return length_or_none(self.train_loader)
+        return self._data.loader_length
 
     # ------------------------------------------------------------------------- override points
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any]:
@@ -394,11 +400,7 @@ class Trainer:
         if not self.optimizers:
             self.optimization.configure(*split_optimization(self.configure_optimizers()))
         check_optimization_mode(self)
-        self.train_loader, sampler = self.distributed.shard_training_loader(
-            self.train_loader, pin_memory=self.device.type == "cuda"
-        )
-        self._data = TrainingData(self.train_loader, sampler)
-        self.distributed.check_loader_length(self._data.length, self.accumulate_grad_batches)
+        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
         found = self.run_files.start(ckpt_path, self.distributed)
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)

@@ -1,0 +1,243 @@
+"""Where the training data stands: the epoch's order, every generator it draws from, the
+resume point and the per-rank states a checkpoint keeps of it.
+
+An epoch's order comes from random generators: torch's global one (a plain shuffle's seed,
+the workers' seeds) and any `generator=` the loader, its sampler or its batch sampler holds.
+`DataPosition` keeps their states as the epoch started, so a checkpoint restarts the epoch
+mid-way in the same order, and their states now, so the next epoch draws as if the run had
+never stopped. A loader our `ResumableSampler` drives restarts at the first unconsumed index;
+any other loader (an `IterableDataset`, a custom sampler) replays its epoch from the start
+with the same generators and discards the batches it had consumed. Torch's global state
+itself is saved with the other random states by `checkpoint.capture_rng_states`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer.sampling import ResumableSampler, set_sampler_epoch, why_not_resumable
+
+if TYPE_CHECKING:
+    from trainer.distributed import Distributed
+
+__all__ = ["DataPosition", "data_generators", "length_or_none"]
+
+
+class DataPosition:
+    """The training loader as the loop draws from it, and where its current epoch stands.
+
+    Args:
+        loader: the training loader, already made resumable where it can be (or None).
+        sampler: its `ResumableSampler`, or None when its order cannot be restarted by
+            index (then a resumed epoch draws and discards the batches it had consumed).
+    """
+
+    def __init__(self, loader: Iterable[Any] | None, sampler: ResumableSampler | None) -> None:
+        self.loader = loader
+        self.sampler = sampler
+        self.loader_length = length_or_none(loader)  # len() of a DataLoader is not free
+        self.length = self.loader_length  # this epoch's: known at its last batch without a len()
+        self.generators = data_generators(loader)
+        self._epoch_start: dict[str, Any] | None = None
+        self._resumed_epoch_start: dict[str, Any] | None = None
+        self._has_warned = False
+
+    @classmethod
+    def of(
+        cls, loader: Iterable[Any] | None, distributed: Distributed, pin_memory: bool
+    ) -> DataPosition:
+        """The position of `loader` once made resumable and split between the ranks."""
+        if loader is None:
+            return cls(None, None)
+        return cls(*distributed.shard_training_loader(loader, pin_memory=pin_memory))
+
+    def batches(self, epoch: int, first: int) -> Iterator[Any]:
+        """Epoch `epoch`'s batches from batch `first` on (a resumed epoch skips what it had)."""
+        set_sampler_epoch(self.loader, epoch)
+        resumed_start, self._resumed_epoch_start = self._resumed_epoch_start, None
+        if not first or resumed_start is None:
+            self._epoch_start = self._states()
+            batches = self._iterator(epoch)
+        else:
+            now = self._states()
+            self._epoch_start = resumed_start
+            self._set(resumed_start)  # the iterator draws its seeds as the epoch first did
+            batches = self._iterator(epoch)
+            if self.sampler is None:  # the sampler starts at its resume point by itself
+                next(islice(batches, first - 1, None), None)  # load and discard consumed ones
+            self._set(now)
+        if self.loader_length is not None:
+            return batches
+        self.length = None
+        return self._measured(batches, first)
+
+    def _iterator(self, epoch: int) -> Iterator[Any]:
+        """`iter(loader)`, drawing from the generators only where an unbroken run drew.
+
+        A DataLoader with persistent workers draws their seed once, when its first epoch
+        starts; a run resumed at a later epoch must not draw it again, or every random
+        number after it (dropout, the next shuffle) moves. Its seed comes from a spare one.
+        """
+        if not (epoch > 0 and getattr(self.loader, "persistent_workers", False)):
+            return iter(self.loader)  # type: ignore[arg-type]
+        loader: Any = self.loader
+        own = loader.generator
+        loader.generator = torch.Generator()
+        try:
+            return iter(loader)
+        finally:
+            loader.generator = own
+
+    def _measured(self, batches: Iterator[Any], first: int) -> Iterator[Any]:
+        """The batches of a loader without a length, one held back: `length` is set as the
+        last one is handed out, so its accumulation window steps inside its own batch."""
+        count, batch = first, next(batches, _END)
+        while batch is not _END:
+            following = next(batches, _END)
+            count += 1
+            if following is _END:
+                self.length = count
+            yield batch
+            batch = following
+
+    # ------------------------------------------------------------------ what a checkpoint keeps
+    def random_states(self) -> dict[str, Any]:
+        """This rank's share of the checkpoint: its generators as the epoch started, and now.
+
+        Torch's global state now is not repeated here: the checkpoint's RNG capture holds it.
+        """
+        now = {"generators": [generator.get_state() for generator in self.generators]}
+        return {"epoch_start": self._epoch_start, "now": now}
+
+    def position(self, is_mid_epoch: bool) -> dict[str, Any]:
+        """What a checkpoint needs to restart the current epoch's data where it stopped."""
+        if is_mid_epoch and not self._has_warned:
+            self._has_warned = _warn_if_inexact_mid_epoch(self.loader)
+        return {
+            "epoch_order": self.sampler.epoch_order if self.sampler is not None else {},
+            **self._shape(),
+            "num_batches": self.length,
+        }
+
+    def check_same_data(self, saved: dict[str, Any], source: Any) -> None:
+        """Refuse a mid-epoch resume whose data set length, batch size or rank count changed."""
+        now = self._shape()
+        before = {name: saved.get(name, 1 if name == "ranks" else None) for name in now}
+        changed = [
+            f"{name} {before[name]} -> {value}"
+            for name, value in now.items()
+            if before[name] != value
+        ]
+        if changed:
+            raise ValueError(
+                f"checkpoint {source} stopped mid-epoch, and the train_loader has changed since "
+                f"({', '.join(changed)}), so its position in the epoch means nothing now. "
+                "Resume with the same data, batch size and number of ranks, or from a "
+                "checkpoint saved at an epoch end (those resume on any number of ranks)."
+            )
+
+    def resume(
+        self, position: dict[str, Any], random_states: dict[str, Any], batches_done: int
+    ) -> None:
+        """Continue from a checkpoint's `position()` and this rank's `random_states()`.
+
+        `batches_done` batches of the saved epoch were consumed; 0 at an epoch's end.
+        """
+        saved = random_states["now"]["generators"]  # older files' "torch" entry is not read
+        if len(saved) != len(self.generators):
+            warnings.warn(
+                f"the checkpoint's train_loader drew from {len(saved)} generator(s), this "
+                f"one from {len(self.generators)}: its data order will differ from the "
+                "saved run's. Pass the loader the run was saved with for an exact resume.",
+                stacklevel=3,
+            )
+        for generator, state in zip(self.generators, saved, strict=False):
+            generator.set_state(state)
+        if not batches_done:
+            return
+        self._resumed_epoch_start = random_states["epoch_start"]
+        if self.sampler is not None:
+            self.sampler.resume_at(position["epoch_order"], batches_done * position["batch_size"])
+
+    def _shape(self) -> dict[str, Any]:
+        """What a position inside an epoch depends on: data set length, batch size, ranks."""
+        return {
+            "dataset_length": length_or_none(getattr(self.loader, "dataset", None)),
+            "batch_size": getattr(self.loader, "batch_size", None),
+            "ranks": int(getattr(getattr(self.loader, "sampler", None), "num_replicas", 1)),
+        }
+
+    def _states(self) -> dict[str, Any]:
+        """Every generator the epoch's order draws from, torch's global one included."""
+        return {
+            "torch": torch.get_rng_state(),
+            "generators": [generator.get_state() for generator in self.generators],
+        }
+
+    def _set(self, states: dict[str, Any]) -> None:
+        torch.set_rng_state(states["torch"])
+        for generator, state in zip(self.generators, states["generators"], strict=False):
+            generator.set_state(state)
+
+
+_END = object()
+
+
+def data_generators(loader: Any) -> list[torch.Generator]:
+    """Every distinct `torch.Generator` the loader, its sampler or batch sampler draws from."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    holders = (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    )
+    found: list[torch.Generator] = []
+    for holder in holders:
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _warn_if_inexact_mid_epoch(loader: Iterable[Any] | None) -> bool:
+    """Warn, and return True, when a mid-epoch checkpoint cannot resume `loader` exactly."""
+    reason = why_not_resumable(loader) or _worker_randomness(loader)
+    if reason is None:
+        return False
+    warnings.warn(
+        f"this checkpoint is saved mid-epoch, but the train_loader cannot resume there "
+        f"exactly: {reason}. Checkpoints saved at epoch ends resume exactly; for mid-epoch "
+        "ones, use a torch DataLoader (shuffle=True or False) whose random transforms run "
+        "in the main process (num_workers=0).",
+        stacklevel=4,
+    )
+    return True
+
+
+def _worker_randomness(loader: Any) -> str | None:
+    """Why workers may make a mid-epoch resume inexact: they may draw random transforms."""
+    workers = getattr(loader, "num_workers", 0)
+    dataset = getattr(loader, "dataset", None)
+    dataset = getattr(dataset, "dataset", dataset)  # a Subset's data set
+    transform = getattr(dataset, "transform", None) or getattr(dataset, "transforms", None)
+    if workers and transform is not None:
+        return (
+            f"its {workers} workers apply the data set's transform, and a resumed epoch hands "
+            "them other batches than the saved run did, so a random transform draws other "
+            "numbers"
+        )
+    return None
+
+
+def length_or_none(sized: Any) -> int | None:
+    """`len(sized)`, or None for an iterable without a length."""
+    try:
+        return len(sized)
+    except TypeError:
+        return None

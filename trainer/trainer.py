@@ -457,7 +457,7 @@ class Trainer:
         is_boundary = self._ends_window()
         owns_update = not self.automatic_optimization
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
-        with self.distributed.no_sync(is_boundary):
+        with self.sharding.no_sync(is_boundary):
             with self.precision.autocast():
                 outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
             if "batch_size" in outputs:  # the step knows its batch's size better
@@ -470,7 +470,7 @@ class Trainer:
             elif is_used:
                 self.precision.backward(loss / scale if scale > 1 else loss)
             else:  # other ranks still expect this one in the gradient all-reduce
-                self.distributed.contribute_no_gradient(self.model)
+                self.sharding.contribute_no_gradient()
         if isinstance(loss, torch.Tensor):
             outputs["loss"] = loss = loss.detach()
             if is_used and self.log_loss_as:  # what self.log does, without its checks
@@ -511,7 +511,7 @@ class Trainer:
         if not self._ends_window():
             return False
         window = self.state.batches_in_epoch % self.accumulate_grad_batches + 1
-        self.distributed.sync_gradients(optimizer)
+        self.sharding.sync_gradients(optimizer)
         return self._update(optimizer, window, closure)
 
     def _update(
@@ -768,7 +768,7 @@ class Trainer:
 
         On several ranks, call it on every rank (FSDP gathers the weights); rank 0 writes.
         """
-        weights = self.distributed.model_state_dict(self.model)
+        weights = self.sharding.model_state_dict()
         self.distributed.run_on_zero("export weights", export_weights, weights, path)
         return Path(path)
 
@@ -778,7 +778,7 @@ class Trainer:
         found = self._run_folder.find(ckpt_path)
         if found is None:
             raise CheckpointError(f"no checkpoint in {self.run_dir} to load.")
-        self.distributed.load_model_state(self.model, found[1]["model"], found[0])
+        self.sharding.load_model_state(found[1]["model"], found[0])
 
     # -------------------------------------------------------------------------- set-up helpers
     def _place_model(self, model: nn.Module, compile: bool | dict[str, Any]) -> nn.Module:
@@ -786,11 +786,11 @@ class Trainer:
         model = self.precision.convert_module(model.to(self.device))
         if compile is not False:  # in place: state_dict names stay those of the plain model
             model.compile(**compile_options(compile))
-        self.distributed.prepare_model(model)
-        # DDP syncs gradients in the backward of its forward: the loop's single backward.
+        self.sharding = self.distributed.shard(model)  # FSDP: sharded in place
+        # DDP syncs gradients in the backward of the step it runs: the loop's single backward.
         # A step that owns its update averages them in `step` instead.
         self._training_step = (
-            self.distributed.wrap_step(model, self.training_step)
+            self.sharding.wrap_step(self.training_step)
             if self.automatic_optimization
             else self.training_step
         )
@@ -800,7 +800,7 @@ class Trainer:
         self.optimizers = build_optimizers(optimizer, self.model)
         pairs = named(self.optimizers)
         for _, each in pairs:
-            self.distributed.check_optimizer(self.model, each)
+            self.sharding.check_optimizer(each)
         self.schedulers = build_schedulers(
             scheduler if scheduler is not None else self._scheduler_arg,
             self.optimizers,

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     history = trainer.fit(ckpt_path=args.ckpt_path or ("last" if args.resume else None))
     trainer.save_checkpoint(args.run_dir / "final.ckpt")
-    state = trainer.distributed.model_state_dict(model)  # FSDP: whole on rank 0 only
+    state = trainer.sharding.model_state_dict()  # FSDP: whole on rank 0 only
     weights = sum(float(tensor.double().sum()) for tensor in state.values())
     figures = history[-1] if history else {}
     print(f"RANK {rank} VAL {figures.get('val/loss')!r} WEIGHTS {weights!r}", flush=True)

@@ -215,6 +215,8 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(
     val_loss = expected["state"]["metrics"]["val/loss"]
     assert actual["state"]["metrics"]["val/loss"] == pytest.approx(val_loss, rel=1e-6)
     assert finished.value(1, "VAL") == finished.value(0, "VAL")
+    # fit -> epoch -> batch -> DDP's before/after-forward around the step -> training_step
+    assert [finished.lines(rank, "FRAMES")[-1][3] for rank in (0, 1)] == ["4", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -328,21 +328,7 @@ class Distributed:
         The other ranks wait, so none goes on past a checkpoint that is not yet complete,
         and all of them fail when rank 0 fails instead of waiting for it.
         """
-        error: Exception | None = None
-        if self.is_global_zero:
-            try:
-                function(*args)
-            except Exception as caught:
-                error = caught
-        if self.is_active:
-            import torch.distributed as dist
-
-            failed = torch.tensor([int(error is not None)], device=self.device)
-            dist.broadcast(failed, src=0)
-            if error is None and failed.item():
-                raise RuntimeError(f"rank 0 failed to {what}; its error message says why.")
-        if error is not None:
-            raise error
+        self.from_zero(what, function, *args)
 
     def from_zero(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function` on rank 0 only and return its (small, picklable) result on every rank.

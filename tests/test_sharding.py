@@ -189,6 +189,7 @@ def test_the_private_ddp_forward_seam_still_arms_the_gradient_hooks() -> None:
         ("_pre_forward", ["self", "inputs", "kwargs"]),
         ("_post_forward", ["self", "output"]),
         ("_inside_ddp_forward", ["self"]),
+        ("_get_active_ddp_module", []),
     ]:
         method = getattr(DistributedDataParallel, name, None)
         assert method is not None, f"torch's DistributedDataParallel lost {name}"
@@ -207,9 +208,16 @@ def test_the_private_ddp_forward_seam_still_arms_the_gradient_hooks() -> None:
     inputs = torch.randn(4, 64)
     model(inputs).sum().backward()  # outside the seam: DDP's hooks stay quiet
     assert buckets == []
-    outputs = run_as_ddp_forward(ddp, lambda batch, batch_idx: model(batch).sum(), inputs, 0)
-    outputs.backward()
+    active: list[Any] = []
+
+    def step(batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        active.append(DistributedDataParallel._get_active_ddp_module())  # what dynamo reads
+        return model(batch).sum()
+
+    run_as_ddp_forward(ddp, step, inputs, 0).backward()
     assert buckets == [0]
+    assert active == [ddp]  # torch.compile splits graphs at DDP's buckets inside the step
+    assert DistributedDataParallel._get_active_ddp_module() is None
 
 
 @pytest.mark.usefixtures("group_of_one")

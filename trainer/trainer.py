@@ -782,7 +782,8 @@ class Trainer:
 
     # -------------------------------------------------------------------------- set-up helpers
     def _place_model(self, model: nn.Module, compile: bool | dict[str, Any]) -> nn.Module:
-        """Move, compile, shard (FSDP) or wrap the step (DDP): the model as it will train."""
+        """Move, compile, then give the model to `self.sharding` (FSDP shards it, DDP wraps
+        the step): the model as it will train."""
         model = self.precision.convert_module(model.to(self.device))
         if compile is not False:  # in place: state_dict names stay those of the plain model
             model.compile(**compile_options(compile))

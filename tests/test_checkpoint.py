@@ -20,7 +20,7 @@ from torch import nn
 
 import trainer.checkpoint as checkpoint_module
 from trainer import Trainer
-from trainer.callbacks import EarlyStopping, ModelCheckpoint
+from trainer.callbacks import EarlyStopping
 from trainer.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,

@@ -1,5 +1,5 @@
-"""Distributed training: real 2-process gloo jobs on the CPU (the samplers behind them are
-tested in test_sampling.py).
+"""Distributed training: real 2-process gloo jobs on the CPU, and the process group behind them
+(the samplers behind them are tested in test_sampling.py).
 
 The jobs run `tests/jobs/distributed_job.py` once per rank with the environment torchrun
 gives its workers (free ports, one thread each), or under torchrun itself. Collective
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_final_state, make_loader, make_mlp, make_trainer
+from conftest import assert_same_final_state, make_trainer
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
@@ -163,35 +163,6 @@ def test_strategy_ddp_without_torchrun_trains_as_a_group_of_one_like_one_process
     assert not torch.distributed.is_initialized()
 
 
-def test_accumulation_all_reduces_once_per_optimizer_step(run_dir: Path) -> None:
-    trainer = make_trainer(run_dir, strategy="ddp", accumulate_grad_batches=2, max_epochs=1,
-                           train_loader=make_loader(n=48, batch_size=8))  # fmt: skip
-    reductions = []
-
-    def count(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks real annotations
-        reductions.append(trainer.global_step)
-        done: torch.futures.Future = torch.futures.Future()
-        done.set_result(bucket.buffer())  # one rank: its gradients are the average
-        return done
-
-    try:
-        assert trainer.distributed.ddp is not None
-        trainer.distributed.ddp.register_comm_hook(None, count)
-        trainer.fit()
-    finally:
-        trainer.distributed.teardown()
-    assert trainer.global_step == 3 and reductions == [0, 1, 2]
-
-
-def test_fsdp_refuses_an_optimizer_built_before_sharding() -> None:
-    built_before, sharded = make_mlp(), make_mlp()
-    optimizer = torch.optim.SGD(built_before.parameters(), lr=0.1)
-    distributed = Distributed("fsdp")
-    distributed.kind = "fsdp"  # as after set-up; sharding itself needs a process group
-    with pytest.raises(ValueError, match="an optimizer built from them beforehand holds none"):
-        distributed.check_optimizer(sharded, optimizer)
-
-
 # ------------------------------------------------------------------ real 2-process jobs
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -214,6 +185,8 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(
     val_loss = expected["state"]["metrics"]["val/loss"]
     assert actual["state"]["metrics"]["val/loss"] == pytest.approx(val_loss, rel=1e-6)
     assert finished.value(1, "VAL") == finished.value(0, "VAL")
+    # fit -> epoch -> batch -> DDP's before/after-forward around the step -> training_step
+    assert [finished.lines(rank, "FRAMES")[-1][3] for rank in (0, 1)] == ["4", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -374,25 +347,3 @@ def test_torchrun_on_the_gpus_uses_nccl_with_one_gpu_per_rank(tmp_path: Path) ->
     for rank in range(ranks):
         assert f"RANK {rank} BACKEND nccl DEVICE cuda:{rank}" in job.stdout
     assert load_checkpoint(tmp_path / "final.ckpt")["state"]["global_step"] > 0
-
-
-def test_a_step_owning_its_update_all_reduces_once_per_optimizer_step(run_dir: Path) -> None:
-    """DDP, manual optimization, windows of 2 batches: one gradient all-reduce per step."""
-    from test_research_steps import ManualRegression
-    from torch.profiler import ProfilerActivity, profile
-
-    trainer = make_trainer(run_dir, trainer_class=ManualRegression, strategy="ddp",
-                           accumulate_grad_batches=2, max_epochs=1, val_loader=None,
-                           train_loader=make_loader(n=48, batch_size=8))  # fmt: skip
-    parameters = sum(p.numel() for p in trainer.model.parameters())
-    try:
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
-            trainer.fit()
-    finally:
-        trainer.distributed.teardown()
-    gradient_syncs = [
-        event for event in profiler.events()
-        if event.name == "gloo:all_reduce" and event.input_shapes == [[parameters]]
-    ]  # fmt: skip
-    assert trainer.global_step == 6  # batches, in manual mode
-    assert len(gradient_syncs) == 3  # 6 batches in windows of 2

@@ -1,6 +1,7 @@
 """Running one job on several processes: the torchrun environment, the process group's set-up
-and teardown, the DDP or FSDP2 wrap, `no_sync` for accumulation, rank-zero helpers, metric
-reduction, and the decisions every rank must share.
+and teardown, collectives, rank-zero helpers, metric reduction, and the decisions every rank
+must share. How the model itself is replicated or sharded is `trainer.sharding`'s concern;
+`Distributed.shard` hands it the model with this group's kind and device.
 
 `Distributed` is one object with fixed verbs that the loop calls unconditionally. On a single
 process each verb is the identity or does nothing, so the loop has one path, as a disabled
@@ -18,14 +19,12 @@ import gc
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from trainer.checkpoint import load_model_weights
 from trainer.device import resolve_device
 from trainer.metrics import RunningMeans
 from trainer.sampling import (
@@ -34,13 +33,13 @@ from trainer.sampling import (
     why_not_resumable,
 )
 from trainer.sampling import shard_for_evaluation as _evaluation_share
+from trainer.sharding import Sharding, ShardingKind
 
 __all__ = ["STRATEGIES", "Distributed", "StrategyName", "launch_environment"]
 
 StrategyName = Literal["auto", "ddp", "fsdp"]
 STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_NO_CONTEXT = contextlib.nullcontext()
 
 
 def launch_environment() -> dict[str, int] | None:
@@ -106,14 +105,12 @@ class Distributed:
         self.find_unused_parameters = find_unused_parameters
         self.shard_modules = tuple(shard_modules)
         self.agree_every_n_steps = agree_every_n_steps
-        self.kind: Literal["single", "ddp", "fsdp"] = "single"
+        self.kind: ShardingKind = "single"
         self.rank, self.world_size, self.local_rank = 0, 1, 0
         self.device = torch.device("cpu")
         self._owns_group = False
         self._has_failed = False
-        self._ddp: nn.Module | None = None
-        self._fsdp_root: Any = None
-        self._gradient_sync: bool | None = None
+        self._sharding: Sharding | None = None  # the run's model, once `shard` has it
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -125,7 +122,7 @@ class Distributed:
     def ddp(self) -> nn.Module | None:
         """The DDP module the training step runs through (None without DDP), for instance
         to register a communication hook such as fp16 gradient compression."""
-        return self._ddp
+        return self._sharding.ddp if self._sharding is not None else None
 
     @property
     def is_global_zero(self) -> bool:
@@ -195,104 +192,19 @@ class Distributed:
                 gc.collect()
         self._owns_group = False
 
-    def prepare_model(self, model: nn.Module) -> None:
-        """FSDP: start every rank from rank 0's weights, then shard the model in place."""
-        if self.kind != "fsdp":
-            return
-        import torch.distributed as dist
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        self._fsdp_root, self._gradient_sync = model, None
-        if isinstance(model, FSDPModule):  # the user sharded it already
-            return
-        with torch.no_grad():
-            for tensor in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(tensor, src=0)
-        for module in reversed(list(model.modules())):  # inner units first, as FSDP2 expects
-            if module is not model and self._is_shard_unit(module):
-                fully_shard(module)
-        fully_shard(model)
-
-    def _is_shard_unit(self, module: nn.Module) -> bool:
-        return any(
-            type(module).__name__ == unit if isinstance(unit, str) else isinstance(module, unit)
-            for unit in self.shard_modules
-        )
-
-    def check_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """FSDP replaces the parameters: an optimizer built before sharding would train none."""
-        if self.kind != "fsdp":
-            return
-        current = {id(parameter) for parameter in model.parameters()}
-        if not any(id(p) in current for group in optimizer.param_groups for p in group["params"]):
-            raise ValueError(
-                "strategy='fsdp' shards the model's parameters, so an optimizer built from "
-                "them beforehand holds none of the sharded ones. Pass the optimizer as a "
-                "callable, e.g. optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3) "
-                "(a config's optimizer: section already is one), or configure_optimizers()."
-            )
-
-    def wrap_step(
-        self, model: nn.Module, step: Callable[[Any, int], Any]
-    ) -> Callable[[Any, int], Any]:
-        """DDP: the training step as the forward of a DDP module, so its hooks sync gradients.
-
-        Wrapping the step rather than the model keeps `trainer.model` the user's own module,
-        while any use of it inside `training_step` takes part in the gradient all-reduce.
-        """
-        if self.kind != "ddp":
-            return step
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        self._ddp = DistributedDataParallel(
-            _TrainingStep(model, step),
-            device_ids=device_ids,
+    def shard(self, model: nn.Module) -> Sharding:
+        """`model` as this group trains it: FSDP2 shards (sharded here), DDP replicas (wrapped
+        with the training step, see `Sharding.wrap_step`) or the plain module on one process."""
+        self._sharding = Sharding(
+            model,
+            self.kind,
+            self.device,
             find_unused_parameters=self.find_unused_parameters,
+            shard_modules=self.shard_modules,
         )
-        return self._ddp
+        return self._sharding
 
     # --------------------------------------------------------------------------- the loop
-    def no_sync(self, is_boundary: bool) -> contextlib.AbstractContextManager[Any]:
-        """Skip the gradient all-reduce on micro-steps that do not end an accumulation window."""
-        if self._ddp is not None and not is_boundary:
-            return self._ddp.no_sync()  # type: ignore[operator]
-        if self._fsdp_root is not None and self._gradient_sync is not is_boundary:
-            self._fsdp_root.set_requires_gradient_sync(is_boundary)
-            self._gradient_sync = is_boundary
-        return _NO_CONTEXT
-
-    def sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """DDP, for a step that owns its update: average `optimizer`'s gradients over the
-        ranks in one all-reduce (a parameter without a gradient takes part with zeros)."""
-        if self.kind != "ddp" or not self.is_active:
-            return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-        grads = [parameter.grad for parameter in parameters]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-            grad.copy_(synced)
-
-    def contribute_no_gradient(self, model: nn.Module) -> None:
-        """A rank that leaves its batch out still takes part in the all-reduce, with zeros.
-
-        On one process there is nothing to take part in. Under DDP, a backward pass through
-        every parameter times zero fires DDP's hooks, so the other ranks' gradients are
-        averaged as usual and this rank's batch counts as a zero gradient.
-        """
-        if self._ddp is None:
-            return
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        torch.stack([p.sum() for p in parameters]).sum().mul(0.0).backward()
-
     def agree(self, should_stop: bool, signum: int, *, is_due: bool) -> tuple[bool, int]:
         """The stop flag and preemption signal every rank acts on.
 
@@ -416,21 +328,7 @@ class Distributed:
         The other ranks wait, so none goes on past a checkpoint that is not yet complete,
         and all of them fail when rank 0 fails instead of waiting for it.
         """
-        error: Exception | None = None
-        if self.is_global_zero:
-            try:
-                function(*args)
-            except Exception as caught:
-                error = caught
-        if self.is_active:
-            import torch.distributed as dist
-
-            failed = torch.tensor([int(error is not None)], device=self.device)
-            dist.broadcast(failed, src=0)
-            if error is None and failed.item():
-                raise RuntimeError(f"rank 0 failed to {what}; its error message says why.")
-        if error is not None:
-            raise error
+        self.from_zero(what, function, *args)
 
     def from_zero(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function` on rank 0 only and return its (small, picklable) result on every rank.
@@ -451,58 +349,6 @@ class Distributed:
         if error is not None:
             raise error
         return result
-
-    # --------------------------------------------------------------------------- state dicts
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The whole model's weights (FSDP: gathered to rank 0 on the CPU; empty elsewhere)."""
-        if self.kind != "fsdp":
-            return model.state_dict()
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(model, options=_full_state_options(cpu_offload=True))
-
-    def optimizer_state_dict(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> dict[str, Any]:
-        """The optimizer's state; FSDP: whole, keyed by parameter name, on rank 0."""
-        if self.kind != "fsdp":
-            return optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return get_optimizer_state_dict(
-            model, optimizer, options=_full_state_options(cpu_offload=True)
-        )
-
-    def load_model_state(
-        self, model: nn.Module, weights: dict[str, torch.Tensor], source: Path | str
-    ) -> None:
-        """Load whole weights, checked by name and shape; FSDP keeps only this rank's shard."""
-        if self.kind != "fsdp":
-            load_model_weights(model, weights, source)
-            return
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-        load_model_weights(
-            model,
-            weights,
-            source,
-            load=lambda checked: set_model_state_dict(
-                model, checked, options=_full_state_options()
-            ),
-        )
-
-    def load_optimizer_state(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-    ) -> None:
-        """Load an optimizer state saved by any strategy on any number of ranks."""
-        by_name = _is_keyed_by_name(state)
-        if self.kind != "fsdp":
-            optimizer.load_state_dict(_by_index(state, model, optimizer) if by_name else state)
-            return
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        state = state if by_name else _by_name(state, model, optimizer)
-        set_optimizer_state_dict(model, optimizer, state, options=_full_state_options())
 
     # ------------------------------------------------------------------------------- failures
     def report_failure(self, exception: BaseException) -> None:
@@ -530,18 +376,6 @@ class Distributed:
                 ErrorHandler().record_exception(exception)
 
 
-class _TrainingStep(nn.Module):
-    """The trainer's training step as a module's forward, for DDP to wrap."""
-
-    def __init__(self, model: nn.Module, step: Callable[[Any, int], Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.step = step
-
-    def forward(self, batch: Any, batch_idx: int) -> Any:
-        return self.step(batch, batch_idx)
-
-
 def _means_any_gpu(device: str | torch.device) -> bool:
     """`"auto"` and `"cuda"` leave the GPU to us: under torchrun each rank takes its own."""
     return str(device) in ("auto", "cuda")
@@ -555,51 +389,6 @@ def _check_local_rank(local_rank: int) -> None:
             f"{count} processes per node (torchrun --nproc-per-node {count}), or pass "
             "device='cpu'."
         )
-
-
-def _full_state_options(cpu_offload: bool = False) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
-
-
-def _is_keyed_by_name(state: Mapping[str, Any]) -> bool:
-    groups = state.get("param_groups") or [{}]
-    return any(isinstance(key, str) for key in state.get("state", {})) or any(
-        isinstance(p, str) for p in groups[0].get("params", [])
-    )
-
-
-def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The name of each parameter in the optimizer's order (its state-dict index)."""
-    names = {id(parameter): name for name, parameter in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def _by_name(
-    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    names = _parameter_names(model, optimizer)
-    return {
-        "state": {names[int(index)]: value for index, value in state["state"].items()},
-        "param_groups": [
-            group | {"params": [names[int(i)] for i in group["params"]]}
-            for group in state["param_groups"]
-        ],
-    }
-
-
-def _by_index(
-    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
-    return {
-        "state": {index[name]: value for name, value in state["state"].items()},
-        "param_groups": [
-            group | {"params": [index[name] for name in group["params"]]}
-            for group in state["param_groups"]
-        ],
-    }
 
 
 def _add_note(exception: BaseException, note: str) -> None:

@@ -24,9 +24,9 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from trainer.callbacks.monitor import Monitor
 
 if TYPE_CHECKING:
-    from trainer.distributed import Distributed
     from trainer.metrics import LogBook
     from trainer.precision import Precision
+    from trainer.sharding import Sharding
     from trainer.state import TrainState
 
 __all__ = [
@@ -202,8 +202,8 @@ class Optimization:
         precision: the run's `Precision`: backward, unscale, step, update.
         state: the run's `TrainState`: the window, its end, skipped steps.
         logs: where the grad norm goes for the next log step.
-        distributed: checks an optimizer fits the sharding; averages gradients for a step
-            that owns its update.
+        sharding: checks an optimizer fits the wrapped model; averages gradients for a
+            step that owns its update.
         before_step: called with each optimizer just before it steps (the hook).
         scheduler: the constructor's scheduler argument, used when `configure` gets none.
         clip_val: the gradients' clipping threshold, None for no clipping.
@@ -219,7 +219,7 @@ class Optimization:
         precision: Precision,
         state: TrainState,
         logs: LogBook,
-        distributed: Distributed,
+        sharding: Sharding,
         before_step: Callable[[torch.optim.Optimizer], None],
         *,
         scheduler: Any = None,
@@ -231,7 +231,7 @@ class Optimization:
     ) -> None:
         check_clip_algorithm(clip_algorithm)
         self.model, self.precision, self.state, self.logs = model, precision, state, logs
-        self.distributed, self.before_step = distributed, before_step
+        self.sharding, self.before_step = sharding, before_step
         self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.log_grad_norm = log_grad_norm
@@ -256,7 +256,7 @@ class Optimization:
         schedulers (`scheduler`, or else the one the trainer was given)."""
         optimizers = build_optimizers(optimizer, self.model)
         for _, each in named(optimizers):
-            self.distributed.check_optimizer(self.model, each)
+            self.sharding.check_optimizer(each)
         chosen = scheduler if scheduler is not None else self._scheduler_arg
         self.schedulers = build_schedulers(chosen, optimizers, self.scheduler_interval)
         self.optimizers = optimizers
@@ -304,7 +304,7 @@ class Optimization:
     ) -> bool:
         """`step` at a window's end for a training step that owns its update: the
         gradients are averaged over DDP ranks first (the loop's backward did not)."""
-        self.distributed.sync_gradients(optimizer)
+        self.sharding.sync_gradients(optimizer)
         return self.step(optimizer, closure)
 
     def end_batch(self) -> None:

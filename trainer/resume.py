@@ -31,16 +31,16 @@ def run_checkpoint(trainer: Trainer, data: DataPosition, logs: LogBook) -> dict[
     On several ranks every rank calls it: what each rank keeps of its own (`_rank_states`)
     is gathered.
     """
-    distributed, optimizer, state = trainer.distributed, trainer.optimizer, trainer.state
+    sharding, optimizer, state = trainer.sharding, trainer.optimizer, trainer.state
     return {
-        "model": distributed.model_state_dict(trainer.model),
-        "optimizer": distributed.optimizer_state_dict(trainer.model, optimizer)
+        "model": sharding.model_state_dict(),
+        "optimizer": sharding.optimizer_state_dict(optimizer)
         if optimizer
         else {},
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else {},
         # Several optimizers (and their schedulers) are kept by name.
         "optimizers": {
-            name: distributed.optimizer_state_dict(trainer.model, each)
+            name: sharding.optimizer_state_dict(each)
             for name, each in named(trainer.optimizers)
         }
         if optimizer is None
@@ -52,7 +52,7 @@ def run_checkpoint(trainer: Trainer, data: DataPosition, logs: LogBook) -> dict[
         else {},
         "precision": trainer.precision.state_dict(),
         "state": state.state_dict(),
-        "ranks": distributed.gather(_rank_states(data, logs)),  # rank 0's first
+        "ranks": trainer.distributed.gather(_rank_states(data, logs)),  # rank 0's first
         "data": data.position(state.is_mid_epoch),
         "callbacks": trainer.callbacks.state_dicts(),
         # The file `fit(ckpt_path="best")` loads, as the callbacks declare it ("" for none).
@@ -68,15 +68,15 @@ def restore_run(
 
     The data position is handed to `data`, which uses it when the first epoch starts.
     """
-    distributed = trainer.distributed
-    distributed.load_model_state(trainer.model, checkpoint["model"], path)
+    sharding = trainer.sharding
+    sharding.load_model_state(checkpoint["model"], path)
     trainer.state.load_state_dict(checkpoint["state"])
     is_mid_epoch = trainer.state.is_mid_epoch
     if is_mid_epoch:
         data.check_same_data(checkpoint["data"], path)
-    own = _own_states(checkpoint, distributed.rank)
+    own = _own_states(checkpoint, trainer.distributed.rank)
     if trainer.optimizer is not None:
-        distributed.load_optimizer_state(trainer.model, trainer.optimizer, checkpoint["optimizer"])
+        sharding.load_optimizer_state(trainer.optimizer, checkpoint["optimizer"])
     if trainer.scheduler is not None and checkpoint["scheduler"]:
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     _load_named(trainer, checkpoint.get("optimizers", {}), checkpoint.get("schedulers", {}), path)
@@ -103,7 +103,7 @@ def _load_named(
             f"{[name for name, _ in pairs]}; configure the same optimizers to resume."
         )
     for name, optimizer in pairs:
-        trainer.distributed.load_optimizer_state(trainer.model, optimizer, optimizers[name])
+        trainer.sharding.load_optimizer_state(optimizer, optimizers[name])
     for name, scheduler in named(trainer.schedulers):
         if scheduler is not None and name in schedulers:
             scheduler.load_state_dict(schedulers[name])

@@ -38,7 +38,7 @@ from trainer.checks import (
     split_optimization,
 )
 from trainer.data_position import DataPosition
-from trainer.device import batch_size_of, batches_on_device
+from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.metrics import (
@@ -214,7 +214,7 @@ class Trainer:
         self.state = TrainState(window=accumulate_grad_batches)
         self._logs = LogBook(log_every_n_steps)
         self.optimization = Optimization(
-            self.model, self.precision, self.state, self._logs, self.distributed,
+            self.model, self.precision, self.state, self._logs, self.sharding,
             self._before_optimizer_step, scheduler=scheduler, clip_val=gradient_clip_val,
             clip_algorithm=gradient_clip_algorithm, scheduler_interval=scheduler_interval,
             scheduler_monitor=scheduler_monitor, log_grad_norm=log_grad_norm,
@@ -490,7 +490,7 @@ class Trainer:
         is_window_end = self.state.is_window_end(self._data.length)
         owns_update = not self.automatic_optimization
         # Under DDP, micro-steps inside an accumulation window skip the gradient all-reduce.
-        with self.distributed.no_sync(is_window_end):
+        with self.sharding.no_sync(is_window_end):
             with self.precision.autocast():
                 outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
             self._logs.count_samples(outputs.pop("batch_size", None))  # the step knows better
@@ -502,7 +502,7 @@ class Trainer:
             elif is_used:
                 self.optimization.backward(loss)
             else:  # other ranks still expect this one in the gradient all-reduce
-                self.distributed.contribute_no_gradient(self.model)
+                self.sharding.contribute_no_gradient()
         if isinstance(loss, torch.Tensor):
             outputs["loss"] = loss = loss.detach()
             if is_used and self.log_loss_as:
@@ -711,7 +711,7 @@ class Trainer:
 
         On several ranks, call it on every rank (FSDP gathers the weights); rank 0 writes.
         """
-        weights = self.distributed.model_state_dict(self.model)
+        weights = self.sharding.model_state_dict()
         self.distributed.run_on_zero("export weights", self.run_files.export, weights, path)
         return Path(path)
 
@@ -724,19 +724,20 @@ class Trainer:
         if ckpt_path is None:
             return
         path, checkpoint = self.run_files.find(ckpt_path)
-        self.distributed.load_model_state(self.model, checkpoint["model"], path)
+        self.sharding.load_model_state(checkpoint["model"], path)
 
     # -------------------------------------------------------------------------- set-up helpers
     def _place_model(self, model: nn.Module, compile: bool | dict[str, Any]) -> nn.Module:
-        """Move, compile, shard (FSDP) or wrap the step (DDP): the model as it will train."""
+        """Move, compile, then give the model to `self.sharding` (FSDP shards it, DDP wraps
+        the step): the model as it will train."""
         model = self.precision.convert_module(model.to(self.device))
         if compile is not False:  # in place: state_dict names stay those of the plain model
             model.compile(**compile_options(compile))
-        self.distributed.prepare_model(model)
-        # DDP syncs gradients in the backward of its forward: the loop's single backward.
+        self.sharding = self.distributed.shard(model)  # FSDP: sharded in place
+        # DDP syncs gradients in the backward of the step it runs: the loop's single backward.
         # A step that owns its update averages them in `step` instead.
         self._training_step = (
-            self.distributed.wrap_step(model, self.training_step)
+            self.sharding.wrap_step(self.training_step)
             if self.automatic_optimization
             else self.training_step
         )

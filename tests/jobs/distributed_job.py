@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import os
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -56,14 +58,23 @@ class FailingTrainer(Trainer):
     one batch of one rank, as bad data would."""
 
     fail_rank = fail_step = nan_rank = nan_batch = -1
+    frames_from_fit = 0  # calls from `fit` down to this step, as the last batch found them
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.frames_from_fit = _calls_since_fit(inspect.currentframe())
         rank = self.distributed.rank
         if rank == self.fail_rank and self.global_step == self.fail_step:
             raise RuntimeError(f"injected failure on rank {self.fail_rank}")
         loss = super().training_step(batch, batch_idx)
         is_poisoned = rank == self.nan_rank and batch_idx == self.nan_batch and self.epoch == 0
         return loss * float("nan") if is_poisoned else loss
+
+
+def _calls_since_fit(frame: FrameType | None) -> int:
+    calls = 0
+    while frame is not None and frame.f_code is not Trainer.fit.__code__:
+        frame, calls = frame.f_back, calls + 1
+    return calls
 
 
 def _data(samples: int) -> TensorDataset:
@@ -133,12 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     history = trainer.fit(ckpt_path=args.ckpt_path or ("last" if args.resume else None))
     trainer.save_checkpoint(args.run_dir / "final.ckpt")
-    state = trainer.distributed.model_state_dict(model)  # FSDP: whole on rank 0 only
+    state = trainer.sharding.model_state_dict()  # FSDP: whole on rank 0 only
     weights = sum(float(tensor.double().sum()) for tensor in state.values())
     figures = history[-1] if history else {}
     print(f"RANK {rank} VAL {figures.get('val/loss')!r} WEIGHTS {weights!r}", flush=True)
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     print(f"RANK {rank} BACKEND {backend} DEVICE {trainer.device}", flush=True)
+    print(f"RANK {rank} FRAMES {trainer.frames_from_fit}", flush=True)
     print(f"RANK {rank} DONE", flush=True)
 
 

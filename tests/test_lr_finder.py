@@ -13,6 +13,7 @@ from conftest import make_mlp, make_trainer
 from torch import nn
 
 from trainer import Trainer, cli
+from trainer.callbacks import Callback
 from trainer.lr_finder import find_lr
 from trainer.report import executable
 
@@ -216,3 +217,26 @@ def test_find_lr_sweeps_a_bf16_true_model_through_the_loops_own_step(run_dir: Pa
     assert len(result.lrs) == 8 and all(math.isfinite(loss) for loss in result.raw_losses)
     for name, value in trainer.model.state_dict().items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, weights_before[name])
+
+
+def test_the_sweep_steps_through_the_loops_verbs_with_accumulation_and_a_step_scheduler(
+    run_dir: Path,
+) -> None:
+    class CountSteps(Callback):
+        steps = 0
+
+        def on_before_optimizer_step(self, trainer: Trainer, optimizer: Any) -> None:
+            CountSteps.steps += 1
+
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    trainer = make_trainer(run_dir, model, optimizer=optimizer, scheduler=scheduler,
+                           scheduler_interval="step", accumulate_grad_batches=2,
+                           gradient_clip_val=1.0, callbacks=[CountSteps()])  # fmt: skip
+    scheduler_before = scheduler.state_dict()
+    result = find_lr(trainer, min_lr=1e-5, max_lr=1e-3, num_steps=10)  # the loader has 5 batches
+    assert len(result.lrs) == 10
+    assert CountSteps.steps == 6  # windows of 2, 2 and the loader's short last 1, twice
+    assert scheduler.state_dict() == scheduler_before and trainer.state.skipped_steps == 0
+    assert trainer.state.is_fresh_run and optimizer.param_groups[0]["lr"] == 0.1

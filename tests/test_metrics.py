@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
+from conftest import make_trainer
 
-from trainer.metrics import RunningMeans, accuracy, compute_metrics
+from trainer import Trainer
+from trainer.callbacks import Callback
+from trainer.metrics import LogBook, RunningMeans, accuracy, compute_metrics
 
 
 def test_running_means_are_weighted_by_batch_size() -> None:
@@ -54,3 +60,28 @@ def test_metric_callables_give_scalars_and_bad_ones_are_named() -> None:
     )
     with pytest.raises(ValueError, match="metric 'per_row' must return a scalar tensor, got"):
         compute_metrics({"per_row": lambda o, t: o.argmax(-1) == t}, outputs, targets)
+
+
+def test_the_log_book_takes_values_only_inside_an_open_batch() -> None:
+    logs = LogBook(log_every_n_steps=2)
+    assert not logs.add("train/aux", torch.tensor(1.0))  # outside a batch: a figure of its own
+    logs.open_train_batch((torch.zeros(4, 3), torch.zeros(4)))
+    assert logs.add("train/aux", torch.tensor(2.0))
+    logs.close_batch()
+    assert logs.train.means() == {"train/aux": 2.0} and logs.batch_size == 4
+    assert logs.is_log_step(2) and not logs.is_log_step(3)
+
+
+def test_samples_are_counted_once_with_the_steps_own_batch_size(run_dir: Path) -> None:
+    seen: list[int] = []
+
+    class ThreeEach(Trainer):
+        def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+            return {"loss": super().training_step(batch, batch_idx), "batch_size": 3}
+
+    class Samples(Callback):
+        def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+            seen.append(trainer.samples_in_epoch)
+
+    make_trainer(run_dir, trainer_class=ThreeEach, callbacks=[Samples()], max_epochs=1).fit()
+    assert seen == [3, 6, 9, 12, 15]  # the progress bar and the throughput read this count

@@ -212,6 +212,8 @@ def _sweep(
         trainer.backward(loss)
         trainer.step(optimizer)
         trainer.optimization.end_batch()
+        if state.are_epoch_batches_done(trainer.num_train_batches):
+            state.batches_in_epoch = 0  # the loader starts over, and so do the windows
         smoothed = (1 - smoothing) * smoothed + smoothing * value
         debiased = smoothed / (1 - (1 - smoothing) ** (step + 1))
         if debiased > diverge_threshold * best:

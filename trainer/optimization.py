@@ -297,7 +297,7 @@ class Optimization:
                 scheduler.step()
         return stepped
 
-    def step_owned(
+    def sync_and_step(
         self,
         optimizer: torch.optim.Optimizer,
         closure: Callable[[], torch.Tensor] | None = None,

@@ -538,7 +538,7 @@ class Trainer:
         """
         if not self.state.is_window_end(self._data.length):
             return False
-        return self.optimization.step_owned(optimizer, closure)
+        return self.optimization.sync_and_step(optimizer, closure)
 
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.callbacks.call("on_before_optimizer_step", self, optimizer)

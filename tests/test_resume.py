@@ -60,7 +60,12 @@ def _interrupt_at(
         if line.startswith("STEP") and int(line.split()[1]) >= step:
             process.send_signal(signum)
             break
-    process.communicate(timeout=120)
+    # Not communicate(): the loader workers of a killed job keep its pipes open until they
+    # notice their parent is gone (up to 5 s); the job itself has ended once wait() returns.
+    process.wait(timeout=120)
+    process.stdout.close()
+    assert process.stderr is not None
+    process.stderr.close()
     return process
 
 
@@ -79,12 +84,12 @@ def _csv_steps(run_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """The reference runs, one per number of loader workers."""
-    runs = {}
-    for workers in (0, 2):
-        run_dir = tmp_path_factory.mktemp(f"straight{workers}")
-        _run(run_dir, workers)
-        runs[workers] = run_dir
+    """The reference runs, one per number of loader workers, side by side."""
+    runs = {workers: tmp_path_factory.mktemp(f"straight{workers}") for workers in (0, 2)}
+    started = [_start(run_dir, workers) for workers, run_dir in runs.items()]
+    for process in started:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
     return runs
 
 

@@ -21,7 +21,6 @@ from conftest import (
     scripted_trainer,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -225,12 +224,10 @@ class _PoisonedStep(Trainer):
         return loss * float("nan") if batch_idx == 2 else loss
 
 
-def _poisoned(run_dir: Path, **options: Any) -> _PoisonedStep:
-    model = make_mlp()
-    return _PoisonedStep(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.CrossEntropyLoss(), train_loader=make_loader(), max_epochs=2,
-        run_dir=run_dir, progress_bar=False, logger=False, device="cpu", **options,
+def _poisoned(run_dir: Path, **options: Any) -> Trainer:
+    return make_trainer(
+        run_dir, trainer_class=_PoisonedStep, val_loader=None, metrics=None, checkpoint=True,
+        **options,
     )  # fmt: skip
 
 

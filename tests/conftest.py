@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny MLP, real digits loaders, and a fresh run folder per test."""
+"""Shared fixtures: a tiny MLP, real digits loaders, a fresh run folder per test, quiet
+trainers (one with scripted validation figures), seeded kill steps for the tests that kill
+real runs, and the checks that an error is trainer's own."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,62 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import trainer
 from trainer import Trainer
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(trainer.__file__).resolve().parent
+SEED_VARIABLE = "TRAINER_TEST_SEED"
+
+
+def _session_seed() -> int:
+    """The seed of this session's kill steps: `TRAINER_TEST_SEED` when set, else drawn once.
+
+    Drawn afresh, the kill tests reach other steps in each session; set, a failure repeats.
+    """
+    chosen = os.environ.get(SEED_VARIABLE)
+    return int(chosen) if chosen else random.SystemRandom().randrange(1_000_000)
+
+
+SESSION_SEED = _session_seed()
+
+
+def pytest_report_header() -> str:
+    return f"kill steps: {SEED_VARIABLE}={SESSION_SEED} (set it to repeat them)"
+
+
+class KillSteps:
+    """Where a test kills a real run, drawn from a generator seeded for that test alone.
+
+    The seed combines the session's with the test's id, so a failing test repeats on its
+    own (`TRAINER_TEST_SEED=N pytest path::test`) whatever else runs; `context` puts the
+    step and the seed into an assertion's message.
+    """
+
+    def __init__(self, seed: int, test_id: str) -> None:
+        self.seed = seed
+        self._draws = random.Random(f"{seed}/{test_id}")
+
+    def between(self, low: int, high: int) -> int:
+        """A step in `range(low, high)`."""
+        return self._draws.randrange(low, high)
+
+    def choice(self, steps: Sequence[int]) -> int:
+        """One of `steps`."""
+        return self._draws.choice(steps)
+
+    def context(self, what: str) -> str:
+        """`what`, and how to repeat it: for every assertion of a test that kills a run."""
+        return f"{what} ({SEED_VARIABLE}={self.seed} repeats it)"
+
+
+@pytest.fixture
+def kill_steps(request: pytest.FixtureRequest) -> KillSteps:
+    """This test's seeded kill steps."""
+    return KillSteps(SESSION_SEED, request.node.nodeid)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -115,7 +168,8 @@ def assert_same_final_state(expected_run: Path, actual_run: Path, context: str) 
         for key, tensor in state.items():
             other = actual["optimizer"]["state"][index][key]
             assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
-    assert expected["state"]["global_step"] == actual["state"]["global_step"]
+    steps = expected["state"]["global_step"], actual["state"]["global_step"]
+    assert steps[0] == steps[1], f"{context}: global steps {steps[0]} and {steps[1]}"
 
 
 def assert_equal_states(left: Any, right: Any, where: str = "") -> None:
@@ -133,3 +187,36 @@ def assert_equal_states(left: Any, right: Any, where: str = "") -> None:
             assert_equal_states(a, b, f"{where}[{index}]")
     else:
         assert left == right, where
+
+
+class ScriptedValidation(Trainer):
+    """Trains for real, but validation reports scripted figures: `script[name][epoch]`, so a
+    test decides when a run improves (the callbacks that rank or stop on a monitored figure)."""
+
+    def __init__(
+        self, model: nn.Module, *, script: dict[str, Sequence[float]], **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.script = script
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {name: torch.tensor(values[self.epoch]) for name, values in self.script.items()}
+
+
+def scripted_trainer(
+    run_dir: Path, script: dict[str, Sequence[float]], **overrides: Any
+) -> ScriptedValidation:
+    """A quiet run of as many epochs as the script has values."""
+    model = overrides.pop("model", None)
+    overrides.setdefault("max_epochs", len(next(iter(script.values()))))
+    return make_trainer(
+        run_dir, model, trainer_class=ScriptedValidation, script=script, **overrides
+    )
+
+
+def message_of(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The error's message, after checking it was raised by trainer's own code (a message of
+    ours that names the fix, not a deep torch traceback)."""
+    raised_in = Path(str(excinfo.traceback[-1].path)).resolve()
+    assert PACKAGE_DIR in raised_in.parents, f"raised in {raised_in}, not by trainer itself"
+    return str(excinfo.value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_final_state, make_trainer
+from conftest import KillSteps, assert_same_final_state, make_trainer
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data import DigitsData
@@ -214,29 +213,31 @@ def _stop_at(run_dir: Path, step: int, signum: int, targets: tuple[int, ...]) ->
 
 
 def test_a_2_rank_run_killed_anywhere_resumes_bit_identically(
-    tmp_path: Path, uninterrupted: Path
+    tmp_path: Path, uninterrupted: Path, kill_steps: KillSteps
 ) -> None:
-    step = random.Random().randrange(3, TOTAL_STEPS - 1)
+    step = kill_steps.between(3, TOTAL_STEPS - 1)
+    context = kill_steps.context(f"SIGKILL at step {step}")
     killed = _stop_at(tmp_path, step, signal.SIGKILL, targets=(0, 1))
-    assert killed.returncodes == [-signal.SIGKILL] * 2
+    assert killed.returncodes == [-signal.SIGKILL] * 2, context
     _run(tmp_path, "--resume")
-    assert_same_final_state(uninterrupted, tmp_path, f"SIGKILL at step {step}")
+    assert_same_final_state(uninterrupted, tmp_path, context)
 
 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(
-    tmp_path: Path, uninterrupted: Path
+    tmp_path: Path, uninterrupted: Path, kill_steps: KillSteps
 ) -> None:
-    step = random.Random().randrange(2, TOTAL_STEPS - 3)
+    step = kill_steps.between(2, TOTAL_STEPS - 3)
+    context = kill_steps.context(f"SIGTERM at step {step}")
     stopped = _stop_at(tmp_path, step, signal.SIGTERM, targets=(1,))
-    assert stopped.returncodes == [143, 143], "\n".join(stopped.outputs)
+    assert stopped.returncodes == [143, 143], context + "\n" + "\n".join(stopped.outputs)
     last_steps = [int(stopped.lines(rank, "STEP")[-1][3]) for rank in (0, 1)]
-    assert last_steps[0] == last_steps[1] >= step
+    assert last_steps[0] == last_steps[1] >= step, f"{context}: last steps {last_steps}"
     folder = tmp_path / "version_0" / "checkpoints"
     saved = load_checkpoint(next(folder.glob(f"*step={last_steps[0]}.ckpt")))
-    assert saved["state"]["global_step"] == last_steps[0]
-    assert "Received signal 15" in stopped.outputs[0]
+    assert saved["state"]["global_step"] == last_steps[0], context
+    assert "Received signal 15" in stopped.outputs[0], context
     _run(tmp_path, "--resume")
-    assert_same_final_state(uninterrupted, tmp_path, f"SIGTERM at step {step}")
+    assert_same_final_state(uninterrupted, tmp_path, context)
 
 
 def test_an_exception_on_one_rank_ends_the_torchrun_job_with_its_message(tmp_path: Path) -> None:

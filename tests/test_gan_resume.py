@@ -1,15 +1,19 @@
-"""The GAN example killed by SIGKILL at a random step resumes to the very same networks and
-optimizers: a step that owns its update (two optimizers, manual steps) resumes exactly too."""
+"""The GAN example killed by SIGKILL at a seeded random step resumes to the very same networks
+and optimizers: a step that owns its update (two optimizers, manual steps) resumes exactly too.
+
+The uninterrupted run and the run to be killed share nothing, so they run side by side; the
+resumed run follows the kill.
+"""
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from conftest import KillSteps
 
 from trainer.checkpoint import load_checkpoint
 
@@ -24,10 +28,10 @@ def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _run(run_dir: Path, *extra: str) -> None:
-    process = _start(run_dir, *extra)
+def _finish(process: subprocess.Popen, context: str) -> None:
+    """Wait for a job that must end well."""
     _, stderr = process.communicate(timeout=180)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 0, f"{context}: {process.args}\n{stderr}"
 
 
 def _kill_at(run_dir: Path, step: int) -> int:
@@ -43,27 +47,30 @@ def _kill_at(run_dir: Path, step: int) -> int:
 
 
 def test_the_gan_killed_anywhere_resumes_to_identical_networks_and_optimizers(
-    tmp_path: Path,
+    tmp_path: Path, kill_steps: KillSteps
 ) -> None:
-    step = random.Random().randrange(5, TOTAL_STEPS - 3)
-    _run(tmp_path / "straight")
-    assert _kill_at(tmp_path / "resumed", step) == -signal.SIGKILL
-    _run(tmp_path / "resumed", "--resume")
+    step = kill_steps.between(5, TOTAL_STEPS - 3)
+    context = kill_steps.context(f"SIGKILL at step {step}")
+    straight = _start(tmp_path / "straight")
+    assert _kill_at(tmp_path / "resumed", step) == -signal.SIGKILL, context
+    _finish(straight, context)
+    _finish(_start(tmp_path / "resumed", "--resume"), context)
 
     expected = load_checkpoint(tmp_path / "straight" / "final.ckpt")
     actual = load_checkpoint(tmp_path / "resumed" / "final.ckpt")
-    context = f"SIGKILL at step {step}"
-    assert actual["state"]["global_step"] == expected["state"]["global_step"] == TOTAL_STEPS
-    assert {name.split(".")[0] for name in expected["model"]} == {"generator", "discriminator"}
+    steps = actual["state"]["global_step"], expected["state"]["global_step"]
+    assert steps == (TOTAL_STEPS, TOTAL_STEPS), f"{context}: steps {steps}"
+    networks = {name.split(".")[0] for name in expected["model"]}
+    assert networks == {"generator", "discriminator"}, f"{context}: {networks}"
     for name, tensor in expected["model"].items():
         assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
-    assert set(expected["optimizers"]) == {"g", "d"}
+    assert set(expected["optimizers"]) == {"g", "d"}, f"{context}: {set(expected['optimizers'])}"
     for key, optimizer in expected["optimizers"].items():
-        assert optimizer["state"], f"optimizer {key} holds no state"
+        assert optimizer["state"], f"{context}: optimizer {key} holds no state"
         for index, state in optimizer["state"].items():
             for entry, tensor in state.items():
                 other = actual["optimizers"][key]["state"][index][entry]
                 assert torch.equal(tensor, other), f"{context}: optimizer {key} {index}/{entry}"
     # The resumed run continued in the killed run's folder: a sample grid for every epoch.
     samples = sorted(path.name for path in (tmp_path / "resumed" / "version_0").glob("*.png"))
-    assert samples == [f"samples_epoch{epoch:03d}.png" for epoch in range(3)]
+    assert samples == [f"samples_epoch{epoch:03d}.png" for epoch in range(3)], context

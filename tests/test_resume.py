@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import signal
 import subprocess
 import sys
@@ -13,9 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_same_final_state, make_loader, make_mlp, make_trainer
+from conftest import (
+    KillSteps,
+    assert_same_final_state,
+    make_loader,
+    make_mlp,
+    make_trainer,
+    scripted_trainer,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch import nn
 
 from trainer import Trainer
 from trainer.callbacks import Callback, EarlyStopping
@@ -35,10 +40,12 @@ def _start(run_dir: Path, workers: int, *extra: str) -> subprocess.Popen:
     )
 
 
-def _run(run_dir: Path, workers: int, *extra: str) -> subprocess.CompletedProcess:
+def _run(
+    run_dir: Path, workers: int, *extra: str, context: str = ""
+) -> subprocess.CompletedProcess:
     process = _start(run_dir, workers, *extra)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 0, f"{context}\n{stderr}"
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -52,7 +59,12 @@ def _interrupt_at(
         if line.startswith("STEP") and int(line.split()[1]) >= step:
             process.send_signal(signum)
             break
-    process.communicate(timeout=120)
+    # Not communicate(): the loader workers of a killed job keep its pipes open until they
+    # notice their parent is gone (up to 5 s); the job itself has ended once wait() returns.
+    process.wait(timeout=120)
+    process.stdout.close()
+    assert process.stderr is not None
+    process.stderr.close()
     return process
 
 
@@ -71,12 +83,12 @@ def _csv_steps(run_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """The reference runs, one per number of loader workers."""
-    runs = {}
-    for workers in (0, 2):
-        run_dir = tmp_path_factory.mktemp(f"straight{workers}")
-        _run(run_dir, workers)
-        runs[workers] = run_dir
+    """The reference runs, one per number of loader workers, side by side."""
+    runs = {workers: tmp_path_factory.mktemp(f"straight{workers}") for workers in (0, 2)}
+    started = [_start(run_dir, workers) for workers, run_dir in runs.items()]
+    for process in started:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
     return runs
 
 
@@ -85,21 +97,21 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     [(0, "mid-epoch"), (2, "mid-epoch"), (0, "epoch edge"), (2, "epoch edge")],
 )
 def test_sigkill_anywhere_then_resume_gives_identical_weights(
-    tmp_path: Path, uninterrupted: dict[int, Path], workers: int, where: str
+    tmp_path: Path, uninterrupted: dict[int, Path], kill_steps: KillSteps, workers: int, where: str
 ) -> None:
-    rng = random.Random()
     if where == "mid-epoch":
-        step = rng.choice([s for s in range(4, TOTAL_STEPS - 4) if s % STEPS_PER_EPOCH])
+        step = kill_steps.choice([s for s in range(4, TOTAL_STEPS - 4) if s % STEPS_PER_EPOCH])
     else:
-        step = rng.choice([STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH])
+        step = kill_steps.choice([STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH])
+    context = kill_steps.context(f"SIGKILL at step {step}, {workers} workers")
     killed = _interrupt_at(tmp_path, workers, step, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
-    _run(tmp_path, workers, "--resume")
-    context = f"SIGKILL at step {step}, {workers} workers"
+    assert killed.returncode == -signal.SIGKILL, context
+    _run(tmp_path, workers, "--resume", context=context)
     assert_same_final_state(uninterrupted[workers], tmp_path, context)
     expected_steps = _scalar_steps(uninterrupted[workers], "train/loss")
     assert _scalar_steps(tmp_path, "train/loss") == expected_steps, context
-    assert _scalar_steps(tmp_path, "val/loss") == _scalar_steps(uninterrupted[workers], "val/loss")
+    expected_steps = _scalar_steps(uninterrupted[workers], "val/loss")
+    assert _scalar_steps(tmp_path, "val/loss") == expected_steps, context
     assert _csv_steps(tmp_path) == _csv_steps(uninterrupted[workers]), context
 
 
@@ -107,50 +119,44 @@ def test_sigkill_anywhere_then_resume_gives_identical_weights(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["32", "16-mixed"])
 def test_sigkill_on_cuda_then_resume_gives_identical_weights(
-    tmp_path: Path, precision: str
+    tmp_path: Path, kill_steps: KillSteps, precision: str
 ) -> None:
     """Dropout on CUDA draws from the CUDA generator: its state must come back on resume."""
     on_cuda = ("--device", "cuda", "--precision", precision)
     straight = _run(tmp_path / "straight", 0, *on_cuda)
     assert "DEVICE cuda" in straight.stdout
-    step = random.Random().randrange(3, TOTAL_STEPS - 3)
+    step = kill_steps.between(3, TOTAL_STEPS - 3)
+    context = kill_steps.context(f"CUDA, {precision}, SIGKILL at step {step}")
     killed = _interrupt_at(tmp_path / "resumed", 0, step, signal.SIGKILL, *on_cuda)
-    assert killed.returncode == -signal.SIGKILL
-    _run(tmp_path / "resumed", 0, "--resume", *on_cuda)
-    context = f"CUDA, {precision}, SIGKILL at step {step}"
+    assert killed.returncode == -signal.SIGKILL, context
+    _run(tmp_path / "resumed", 0, "--resume", *on_cuda, context=context)
     # Had the CUDA generator restarted from the seed, the masks after the kill would differ.
     assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", context)
 
 
 def test_sigterm_saves_at_the_next_step_and_exits_143(
-    tmp_path: Path, uninterrupted: dict[int, Path]
+    tmp_path: Path, uninterrupted: dict[int, Path], kill_steps: KillSteps
 ) -> None:
-    step = random.Random().randrange(3, TOTAL_STEPS - 6)
+    step = kill_steps.between(3, TOTAL_STEPS - 6)
+    context = kill_steps.context(f"SIGTERM at step {step}")
     stopped = _interrupt_at(tmp_path, 0, step, signal.SIGTERM)
-    assert stopped.returncode == 143
+    assert stopped.returncode == 143, context
     saved = sorted((tmp_path / "version_0" / "checkpoints").glob("last-*.ckpt"))
-    assert saved, "SIGTERM must leave a checkpoint behind"
-    _run(tmp_path, 0, "--resume")
-    assert_same_final_state(uninterrupted[0], tmp_path, f"SIGTERM at step {step}")
+    assert saved, f"{context}: SIGTERM must leave a checkpoint behind"
+    _run(tmp_path, 0, "--resume", context=context)
+    assert_same_final_state(uninterrupted[0], tmp_path, context)
 
 
-class _ScriptedValidation(Trainer):
-    """Validation loss falls for three epochs, then rises: early stopping has a known answer."""
-
-    LOSSES = (5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return torch.tensor(self.LOSSES[self.epoch])
+# Validation loss falls for three epochs, then rises: early stopping has a known answer.
+_SCRIPTED_LOSSES = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1]
 
 
 def _scripted_trainer(run_dir: Path, max_epochs: int) -> tuple[Trainer, EarlyStopping]:
-    model = make_mlp(dropout=0.2)
     stopper = EarlyStopping(monitor="val/loss", patience=2, restore_best_weights=True)
-    trainer = _ScriptedValidation(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.CrossEntropyLoss(), train_loader=make_loader(shuffle=True),
-        val_loader=make_loader(n=8), max_epochs=max_epochs, seed=0, callbacks=[stopper],
-        run_dir=run_dir, progress_bar=False, logger=False, device="cpu",
+    trainer = scripted_trainer(
+        run_dir, {"loss": _SCRIPTED_LOSSES}, model=make_mlp(dropout=0.2),
+        train_loader=make_loader(shuffle=True), val_loader=make_loader(n=8), metrics=None,
+        max_epochs=max_epochs, seed=0, callbacks=[stopper], checkpoint=True,
     )  # fmt: skip
     return trainer, stopper
 
@@ -218,12 +224,10 @@ class _PoisonedStep(Trainer):
         return loss * float("nan") if batch_idx == 2 else loss
 
 
-def _poisoned(run_dir: Path, **options: Any) -> _PoisonedStep:
-    model = make_mlp()
-    return _PoisonedStep(
-        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.CrossEntropyLoss(), train_loader=make_loader(), max_epochs=2,
-        run_dir=run_dir, progress_bar=False, logger=False, device="cpu", **options,
+def _poisoned(run_dir: Path, **options: Any) -> Trainer:
+    return make_trainer(
+        run_dir, trainer_class=_PoisonedStep, val_loader=None, metrics=None, checkpoint=True,
+        **options,
     )  # fmt: skip
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp
-from scripted_validation import scripted_trainer
+from conftest import make_loader, make_mlp, scripted_trainer
 from torch import nn
 
 from trainer import Trainer

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from scripted_validation import scripted_trainer
+from conftest import scripted_trainer
 
 from trainer import Trainer, TrainingInterrupted
 from trainer.callbacks import Callback, MissingMetricError, ModelCheckpoint

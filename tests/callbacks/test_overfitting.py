@@ -7,8 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import make_trainer
-from scripted_validation import scripted_trainer
+from conftest import make_trainer, scripted_trainer
 
 from trainer.callbacks import OverfittingMonitor, OverfittingWarning
 

@@ -14,12 +14,12 @@ import argparse
 import functools
 import inspect
 import os
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
+from print_steps import PrintSteps
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,17 +29,6 @@ from trainer.distributed import Distributed
 
 SAMPLES = 96  # 2 ranks x batch 8 x 6 batches; one process with batch 16 sees the same batches
 FEATURES, CLASSES = 16, 4
-
-
-class PrintSteps(Callback):
-    def __init__(self, slow: float) -> None:
-        self.slow = slow
-
-    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
-        rank = trainer.distributed.rank
-        print(f"RANK {rank} STEP {trainer.global_step} BATCH {idx} EPOCH {trainer.epoch}",
-              flush=True)  # fmt: skip
-        time.sleep(self.slow)
 
 
 class StopRequest(Callback):
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         logger=False,
         strategy=Distributed(args.strategy, timeout=120),
         callbacks=[
-            PrintSteps(args.slow),
+            PrintSteps(args.slow, with_rank=True),
             StopRequest(args.stop_rank, args.stop_step),
             ModelCheckpoint(every_n_steps=2, keep_last=100),
         ],

@@ -2,34 +2,23 @@
 
     PYTHONPATH=REPOSITORY python gan_job.py RUN_DIR [--resume] [--slow SECONDS]
 
-It trains for `EPOCHS` epochs with a checkpoint every 4 steps, prints `STEP n` after every
-batch, and at the end saves its final state (both networks, both optimizers) to
+It trains for `EPOCHS` epochs with a checkpoint every 4 steps, prints `STEP n BATCH i EPOCH e`
+after every batch, and at the end saves its final state (both networks, both optimizers) to
 RUN_DIR/final.ckpt for the test to compare.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from print_steps import PrintSteps
 
 from examples import gan_digits
-from trainer import Trainer
-from trainer.callbacks import Callback, ModelCheckpoint
+from trainer.callbacks import ModelCheckpoint
 
 EPOCHS = 3  # 20 batches an epoch: 60 steps
-
-
-class PrintSteps(Callback):
-    def __init__(self, slow: float) -> None:
-        self.slow = slow
-
-    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
-        print(f"STEP {trainer.global_step}", flush=True)
-        time.sleep(self.slow)
 
 
 def main() -> None:

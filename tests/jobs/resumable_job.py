@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
+from print_steps import PrintSteps
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer
-from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.callbacks import EarlyStopping, ModelCheckpoint
 
 EPOCHS = 5
 SAMPLES = 84  # 11 batches of 8 (the last one short): windows of 2 leave a short last window
-
-
-class PrintSteps(Callback):
-    def __init__(self, slow: float) -> None:
-        self.slow = slow
-
-    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
-        print(f"STEP {trainer.global_step} BATCH {idx} EPOCH {trainer.epoch}", flush=True)
-        time.sleep(self.slow)
 
 
 def main() -> None:

@@ -13,8 +13,7 @@ import pytest
 from conftest import make_trainer
 
 from trainer import Trainer, TrainingInterrupted
-from trainer.callbacks import Callback
-from trainer.callbacks.base import CheckpointFolder
+from trainer.callbacks import Callback, CheckpointFolder
 from trainer.preemption import PreemptionWatch, exit_code_for
 
 

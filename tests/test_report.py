@@ -12,8 +12,7 @@ import pytest
 from conftest import make_trainer
 
 from trainer import Trainer
-from trainer.callbacks import Callback, EarlyStopping
-from trainer.callbacks.base import BestEpoch
+from trainer.callbacks import BestEpoch, Callback, EarlyStopping
 from trainer.report import executable, fit_summary, shell_path
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))

@@ -216,6 +216,7 @@ class Trainer:
         self._scheduler_arg = scheduler
         if optimizer is not None:
             self._set_optimization(optimizer, scheduler)
+        # The run's folders, its checkpoints and the queue that finishes its saves.
         self.run_files = RunFiles(Path(run_dir) if run_dir else _default_run_dir())
         self.state = TrainState()
         self.callbacks = CallbackList(

@@ -1,4 +1,5 @@
-"""`trainer.report`: commands printed for pasting name programs the shell will find."""
+"""`trainer.report`: commands printed for pasting name programs the shell will find, and
+what the report says of callbacks comes from what they declare, whatever their type."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import make_trainer
 
-from trainer.callbacks import EarlyStopping
+from trainer import Trainer
+from trainer.callbacks import BestEpoch, Callback, EarlyStopping
 from trainer.report import executable, fit_summary, shell_path
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -61,3 +63,36 @@ def test_summary_without_a_ranked_checkpoint_takes_the_best_epoch_from_early_sto
     )
     assert lines["best weights"].startswith("not kept; a ModelCheckpoint(monitor=...)")
     assert lines["trained"] == "3 epochs, 15 optimizer steps"
+
+
+class JudgesEpochOne(Callback):
+    """A callback of one's own that declares a stop, a best file and a dashboard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def stop_reason(self) -> str | None:
+        return "a budget ran out"
+
+    def best_so_far(self) -> BestEpoch | None:
+        return BestEpoch("val/loss", 0.25, 1, str(self.path))
+
+    def dashboard_url(self, trainer: Trainer) -> str | None:
+        return "http://localhost:1234/run"
+
+
+def test_summary_reports_what_any_callback_declares(run_dir: Path, tmp_path: Path) -> None:
+    # EarlyStopping's best keeps no file, so the declared file of the other one wins.
+    stopper = EarlyStopping(monitor="val/loss", patience=5)
+    judge = JudgesEpochOne(tmp_path / "best.ckpt")
+    trainer = make_trainer(run_dir, callbacks=[stopper, judge], max_epochs=2)
+    history = trainer.fit()
+    lines = {
+        label: text.strip()
+        for label, text in (line.split(":", 1) for line in fit_summary(trainer, history))
+    }
+    assert lines["trained"] == "2 epochs, 10 optimizer steps (a budget ran out; max_epochs 2)"
+    assert lines["best epoch"].startswith("2 by val/loss: ")
+    assert "val/loss 0.25 (final" in lines["best epoch"]
+    assert lines["best weights"] == "best.ckpt (--ckpt_path best)"
+    assert lines["then open"] == "http://localhost:1234/run"

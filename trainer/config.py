@@ -419,7 +419,9 @@ def build_job(config: Mapping[str, Any]) -> Job:
     """Check every key of a loaded config, then build its objects.
 
     Checking everything first makes a typo fail in milliseconds, before data is loaded or a
-    model allocated; seeding torch before the model is built makes its initial weights repeat.
+    model allocated. The seed is the Trainer's (`seed=`, which seeds a run from scratch);
+    applied once more with the Trainer's own `seed_everything` before the model is built, it
+    makes the initial weights repeat too.
     """
     _check_top_level(config)
     # trainer: first, as other sections interpolate its values (T_max: ${trainer.max_epochs})
@@ -427,9 +429,9 @@ def build_job(config: Mapping[str, Any]) -> Job:
     _sections(config, build=False)
     seed = config.get("seed")
     if seed is not None:
-        import torch
+        from trainer.trainer import seed_everything
 
-        torch.manual_seed(seed)
+        seed_everything(seed)
     objects = _sections(config, build=True)
     trainer_class, trainer_kwargs = _trainer_section(config.get("trainer"), build=True)
     trainer_kwargs |= {name: objects[name] for name in objects if name not in ("model", "data")}

@@ -221,6 +221,7 @@ class Trainer:
         )  # fmt: skip
         if optimizer is not None:
             self.optimization.configure(optimizer)
+        # The run's folders, its checkpoints and the queue that finishes its saves.
         self.run_files = RunFiles(Path(run_dir) if run_dir else _default_run_dir())
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)

@@ -1,6 +1,6 @@
 """Callbacks: the hook base class and the ready-made callbacks of the public API."""
 
-from trainer.callbacks.base import Callback, CallbackList
+from trainer.callbacks.base import BestEpoch, Callback, CallbackList, CheckpointFolder
 from trainer.callbacks.csv_logger import CSVLogger
 from trainer.callbacks.early_stopping import EarlyStopping
 from trainer.callbacks.ema import EMA
@@ -13,9 +13,11 @@ from trainer.callbacks.tensorboard import TensorBoardLogger
 
 __all__ = [
     "EMA",
+    "BestEpoch",
     "CSVLogger",
     "Callback",
     "CallbackList",
+    "CheckpointFolder",
     "EarlyStopping",
     "LearningRateMonitor",
     "MissingMetricError",

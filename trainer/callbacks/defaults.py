@@ -51,4 +51,5 @@ def assemble_callbacks(
                 if is_global_zero or kind.writes_checkpoints:
                     defaults.append(kind())
     ordered = defaults + callbacks
-    return sorted(ordered, key=lambda callback: callback.writes_checkpoints)
+    # What is not a Callback sorts as one that writes nothing; CallbackList refuses it, named.
+    return sorted(ordered, key=lambda callback: getattr(callback, "writes_checkpoints", False))

@@ -9,21 +9,28 @@ layout that puts each validation figure beside its training counterpart. Events 
 PyTorch's `SummaryWriter` (tensorboard's own writer and summaries), imported when a run starts
 so that `import trainer` stays fast; they are flushed before every checkpoint and on an
 exception, so a killed run keeps every point up to its last checkpoint. Only the global-zero
-process writes.
+process writes. What the dashboards show (the layout, the HParams columns, the pinned
+cards) is built by `tensorboard_dashboards`; this callback decides when it is written.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import re
 import time
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.callbacks.base import Callback
-from trainer.hparams import dashboard_hparams, to_yaml
+from trainer.callbacks.tensorboard_dashboards import (
+    as_markdown_yaml,
+    custom_scalars_layout,
+    hparams_experiment,
+    hparams_session_end,
+    metric_order,
+    monitored_metrics,
+    time_series_address,
+)
+from trainer.hparams import dashboard_hparams
 
 if TYPE_CHECKING:
     import torch
@@ -86,12 +93,7 @@ class TensorBoardLogger(Callback):
         cards come before every group, and TensorBoard reads them from the address. None
         when none of those figures was logged.
         """
-        tags = _pinned_tags(list(self._tags), _monitored(trainer))
-        if not tags:
-            return None
-        cards = json.dumps([{"plugin": "scalars", "tag": tag} for tag in tags], separators=",:")
-        query = urllib.parse.quote(cards, safe="/:,")
-        return f"http://localhost:{port}/?pinnedCards={query}#timeseries"
+        return time_series_address(list(self._tags), monitored_metrics(trainer), port)
 
     def dashboard_url(self, trainer: Trainer) -> str | None:
         """The Time Series tab with the figures that judge the run pinned on top."""
@@ -169,12 +171,8 @@ class TensorBoardLogger(Callback):
         if self._writer is not None and self._is_layout_due:
             self._write_layout(trainer)
         if self._writer is not None and self.log_hparams and trainer.hparams:
-            from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-
-            end = plugin_data_pb2.SessionEndInfo(
-                status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
-            )
-            self._write_hparams_data(trainer.global_step, session_end_info=end)
+            ended = hparams_session_end()
+            self._writer.file_writer.add_summary(ended, global_step=trainer.global_step)
         self._close()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
@@ -206,7 +204,7 @@ class TensorBoardLogger(Callback):
             trial = f"{folder.name} ({folder.parent.name})"
             summary = summary_v2.hparams_pb(hparams, trial_id=trial, start_time_secs=time.time())
             self._writer.file_writer.add_summary(summary, global_step=0)
-            self._writer.add_text("config", _as_markdown_yaml(trainer.hparams), global_step=0)
+            self._writer.add_text("config", as_markdown_yaml(trainer.hparams), global_step=0)
         self._is_layout_due = True
 
     def _write_layout(self, trainer: Trainer) -> None:
@@ -215,122 +213,17 @@ class TensorBoardLogger(Callback):
         Written once the first epoch has logged its figures, so no chart stays empty; the
         HParams tab shows the first five hyperparameters and metrics as it opens.
         """
-        from tensorboard.plugins.hparams import api_pb2
-
         self._is_layout_due = False
-        self._writer.add_custom_scalars(_layout(list(self._tags), _monitored(trainer)))
+        tags, monitored = list(self._tags), monitored_metrics(trainer)
+        self._writer.add_custom_scalars(custom_scalars_layout(tags, monitored))
         if not (self.log_hparams and trainer.hparams):
             return
         options = inspect.signature(type(trainer).__init__).parameters
         hparams = dashboard_hparams(trainer.hparams, trainer_options=options)
-        metrics = _metric_order(list(self._tags), _monitored(trainer))
-        experiment = api_pb2.Experiment(
-            hparam_infos=[
-                api_pb2.HParamInfo(name=name, type=_hparam_type(value))
-                for name, value in hparams.items()
-            ],
-            metric_infos=[
-                api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics
-            ],
-            time_created_secs=time.time(),
-        )
-        self._write_hparams_data(trainer.global_step, experiment=experiment)
-
-    def _write_hparams_data(self, step: int, **data: Any) -> None:
-        """One record of the HParams plugin (its experiment or a session's end)."""
-        from tensorboard.compat.proto import summary_pb2
-        from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-
-        plugin_data = plugin_data_pb2.HParamsPluginData(**data)
-        tag = metadata.EXPERIMENT_TAG if "experiment" in data else metadata.SESSION_END_INFO_TAG
-        value = summary_pb2.Summary.Value(
-            tag=tag,
-            metadata=metadata.create_summary_metadata(plugin_data),
-            tensor=metadata.NULL_TENSOR,
-        )
-        summary = summary_pb2.Summary(value=[value])
-        self._writer.file_writer.add_summary(summary, global_step=step)
+        experiment = hparams_experiment(hparams, metric_order(tags, monitored))
+        self._writer.file_writer.add_summary(experiment, global_step=trainer.global_step)
 
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _monitored(trainer: Trainer) -> list[str]:
-    """The metrics the run's callbacks watch (early stopping, best checkpoints)."""
-    from trainer.callbacks.monitor import Monitor
-
-    names = (getattr(callback, "monitor", None) for callback in trainer.callbacks)
-    return list(dict.fromkeys(m.name for m in names if isinstance(m, Monitor)))
-
-
-def _metric_order(tags: list[str], monitored: list[str]) -> list[str]:
-    """Monitored metrics first, then validation figures, training epoch figures, the rest."""
-
-    def rank(tag: str) -> tuple[int, bool]:
-        if tag in monitored:
-            return 0, False
-        if tag.startswith("val/"):
-            return 1, tag != "val/loss"
-        if tag.startswith("train/") and tag.endswith("_epoch"):
-            return 2, tag != "train/loss_epoch"
-        return 3, False
-
-    return sorted(tags, key=rank)
-
-
-def _pinned_tags(tags: list[str], monitored: list[str]) -> list[str]:
-    """The figures a run is judged by: what the callbacks watch, then the losses (the
-    training loss of the log steps, or of the epochs when no log step came)."""
-    train_loss = "train/loss" if "train/loss" in tags else "train/loss_epoch"
-    wanted = dict.fromkeys([*monitored, "val/loss", train_loss])
-    return [tag for tag in wanted if tag in tags]
-
-
-def _hparam_type(value: bool | int | float | str) -> int:
-    """The HParams plugin's type of `value` (it has no integer type)."""
-    from tensorboard.plugins.hparams import api_pb2
-
-    if isinstance(value, bool):
-        return api_pb2.DATA_TYPE_BOOL
-    if isinstance(value, (int, float)):
-        return api_pb2.DATA_TYPE_FLOAT64
-    return api_pb2.DATA_TYPE_STRING
-
-
-def _layout(tags: list[str], monitored: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """Custom Scalars charts, one per figure the run logged: validation first, monitored first.
-
-    TensorBoard colours lines by run, so a training and a validation line in one chart would
-    share a colour: a validation figure with a training counterpart is drawn as its line with
-    the gap to training shaded (a gap that widens is overfitting).
-    """
-
-    def chart(*names: str) -> list[Any]:
-        return ["Multiline", [f"^{re.escape(name)}$" for name in names if name in tags]]
-
-    compared: dict[str, list[Any]] = {}
-    for tag in _metric_order([tag for tag in tags if tag.startswith("val/")], monitored):
-        train = f"train/{tag.removeprefix('val/')}_epoch"
-        is_paired = train in tags
-        title = f"{tag}, shaded to {train}" if is_paired else tag
-        compared[title] = ["Margin", [tag, train, tag]] if is_paired else chart(tag)
-    if not compared and "train/loss_epoch" in tags:
-        compared["train/loss_epoch"] = chart("train/loss_epoch")
-    optimization = {
-        "learning rate": ["Multiline", [r"^lr(/group\d+)?$"]],
-        "train/loss at log steps": chart("train/loss"),
-        "throughput (samples/s)": chart("train/samples_per_sec"),
-        "gradient norm": chart("train/grad_norm"),
-    }
-    if not any(tag == "lr" or tag.startswith("lr/") for tag in tags):
-        del optimization["learning rate"]
-    optimization = {title: spec for title, spec in optimization.items() if spec[1]}
-    layout = {"train vs validation": compared, "optimization": optimization}
-    return {title: charts for title, charts in layout.items() if charts}
-
-
-def _as_markdown_yaml(hparams: dict[str, Any]) -> str:
-    """The hyperparameters as YAML, indented so TensorBoard's markdown shows it verbatim."""
-    return "\n".join(f"    {line}" for line in to_yaml(hparams).splitlines())

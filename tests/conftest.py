@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny MLP, real digits loaders, a fresh run folder per test, quiet
 trainers (one with scripted validation figures), seeded kill steps for the tests that kill
-real runs, and the checks that an error is trainer's own."""
+real runs, checkpoints rewritten as older formats held them, and the checks that an error is
+trainer's own."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import trainer
 from trainer import Trainer
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import DigitsData
 from trainer.metrics import accuracy
 
@@ -158,16 +159,19 @@ def trainer_factory(run_dir: Path) -> Callable[..., Trainer]:
 
 
 def assert_same_final_state(expected_run: Path, actual_run: Path, context: str) -> None:
-    """Weights, optimizer state and step of two runs' `final.ckpt` files are bit-identical."""
+    """Weights, optimizer states and step of two runs' `final.ckpt` files are bit-identical."""
     expected = load_checkpoint(expected_run / "final.ckpt")
     actual = load_checkpoint(actual_run / "final.ckpt")
     assert expected["model"], "the final checkpoint holds no weights"
     for name, tensor in expected["model"].items():
         assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
-    for index, state in expected["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            other = actual["optimizer"]["state"][index][key]
-            assert torch.equal(tensor, other), f"{context}: optimizer {index}/{key} differs"
+    names = set(expected["optimizers"]), set(actual["optimizers"])
+    assert names[0] == names[1], f"{context}: optimizers {names[0]} and {names[1]}"
+    for name, optimizer in expected["optimizers"].items():
+        for index, state in optimizer["state"].items():
+            for key, tensor in state.items():
+                other = actual["optimizers"][name]["state"][index][key]
+                assert torch.equal(tensor, other), f"{context}: optimizer {name} {index}/{key}"
     steps = expected["state"]["global_step"], actual["state"]["global_step"]
     assert steps[0] == steps[1], f"{context}: global steps {steps[0]} and {steps[1]}"
 
@@ -187,6 +191,48 @@ def assert_equal_states(left: Any, right: Any, where: str = "") -> None:
             assert_equal_states(a, b, f"{where}[{index}]")
     else:
         assert left == right, where
+
+
+def save_as_format(checkpoint: dict[str, Any], path: Path, version: int) -> Path:
+    """Save `checkpoint`, laid out as format `version` held it, with that version in its
+    header: a file as that format's trainer wrote it (the checksum covers the contents)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    save_checkpoint(checkpoint, path)
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() | {"format_version": str(version)}
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def as_format_3(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """`checkpoint` laid out as format 3 held it: a lone optimizer and its scheduler apart, as
+    "optimizer" and "scheduler", and "optimizers"/"schedulers" empty; several optimizers by
+    name, with the first two empty."""
+    older = {k: part for k, part in checkpoint.items() if k not in ("optimizers", "schedulers")}
+    optimizers, schedulers = checkpoint["optimizers"], checkpoint["schedulers"]
+    if len(optimizers) != 1:
+        return older | {
+            "optimizer": {}, "scheduler": {}, "optimizers": optimizers, "schedulers": schedulers,
+        }  # fmt: skip
+    [(name, optimizer)] = optimizers.items()
+    lone = {"optimizer": optimizer, "scheduler": schedulers.get(name, {})}
+    return older | lone | {"optimizers": {}, "schedulers": {}}
+
+
+def as_format_2(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A one-rank, one-optimizer `checkpoint` laid out as format 2 held it: format 3's lone
+    optimizer and scheduler with nothing by name, rank 0's random states at the top and the
+    epoch's torch state among the data's; no best file, no subclass state."""
+    older = as_format_3(checkpoint)
+    for newer in ("optimizers", "schedulers", "best_checkpoint", "trainer"):
+        del older[newer]
+    [rank] = older.pop("ranks")
+    older["rng"] = rank["rng"]
+    older["data"] = older["data"] | {"epoch_start_rng": rank["data"]["epoch_start"]["torch"]}
+    return older
 
 
 class ScriptedValidation(Trainer):

@@ -432,7 +432,7 @@ def _state_without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     ("malform", "reason"),
     [
         (_without("state"), "missing state"),
-        (lambda saved: {"model": saved["model"]}, "missing optimizer, scheduler, precision"),
+        (lambda saved: {"model": saved["model"]}, "callbacks; missing optimizers, schedulers"),
         (lambda saved: saved | {"state": [1, 2]}, "state is a list, not a dict"),
         (lambda saved: saved | {"model": "weights"}, "model is a str, not a dict"),
         (_state_without("global_step"), "missing state.global_step"),

@@ -283,7 +283,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_on_other_rank_count
     # picks it up (weights and optimizer state) and ends where one process alone ends.
     folder = sharded / "version_0" / "checkpoints"
     halfway = folder / f"last-epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
-    assert set(load_checkpoint(halfway)["optimizer"]["state"]) == set(expected["model"])
+    assert set(load_checkpoint(halfway)["optimizers"]["0"]["state"]) == set(expected["model"])
     resumed = tmp_path / "one_process_from_fsdp"
     _run_in_this_process(resumed, "--batch-size", "16", "--dropout", "0", "--ckpt-path",
                          str(halfway))  # fmt: skip

@@ -12,8 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from conftest import KillSteps
+from conftest import KillSteps, assert_same_final_state
 
 from trainer.checkpoint import load_checkpoint
 
@@ -56,21 +55,14 @@ def test_the_gan_killed_anywhere_resumes_to_identical_networks_and_optimizers(
     _finish(straight, context)
     _finish(_start(tmp_path / "resumed", "--resume"), context)
 
+    assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", context)
     expected = load_checkpoint(tmp_path / "straight" / "final.ckpt")
-    actual = load_checkpoint(tmp_path / "resumed" / "final.ckpt")
-    steps = actual["state"]["global_step"], expected["state"]["global_step"]
-    assert steps == (TOTAL_STEPS, TOTAL_STEPS), f"{context}: steps {steps}"
+    assert expected["state"]["global_step"] == TOTAL_STEPS, context
     networks = {name.split(".")[0] for name in expected["model"]}
     assert networks == {"generator", "discriminator"}, f"{context}: {networks}"
-    for name, tensor in expected["model"].items():
-        assert torch.equal(tensor, actual["model"][name]), f"{context}: weight {name} differs"
     assert set(expected["optimizers"]) == {"g", "d"}, f"{context}: {set(expected['optimizers'])}"
-    for key, optimizer in expected["optimizers"].items():
-        assert optimizer["state"], f"{context}: optimizer {key} holds no state"
-        for index, state in optimizer["state"].items():
-            for entry, tensor in state.items():
-                other = actual["optimizers"][key]["state"][index][entry]
-                assert torch.equal(tensor, other), f"{context}: optimizer {key} {index}/{entry}"
+    for name, optimizer in expected["optimizers"].items():
+        assert optimizer["state"], f"{context}: optimizer {name} holds no state"
     # The resumed run continued in the killed run's folder: a sample grid for every epoch.
     samples = sorted(path.name for path in (tmp_path / "resumed" / "version_0").glob("*.png"))
     assert samples == [f"samples_epoch{epoch:03d}.png" for epoch in range(3)], context

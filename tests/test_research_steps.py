@@ -10,12 +10,20 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from conftest import make_loader, make_mlp, make_trainer
+from conftest import (
+    as_format_3,
+    assert_equal_states,
+    make_loader,
+    make_mlp,
+    make_trainer,
+    save_as_format,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer import Trainer
 from trainer.callbacks import Callback, ModelCheckpoint
+from trainer.checkpoint import CheckpointError, load_checkpoint
 
 
 class TwoNets(nn.Module):
@@ -97,6 +105,46 @@ def test_a_gan_resumed_from_any_checkpoint_ends_identically(tmp_path: Path) -> N
             for index, state in expected.items():
                 for entry, tensor in state.items():
                     assert torch.equal(tensor, actual[index][entry]), (file.name, key, entry)
+
+
+def test_a_gan_file_of_format_3_resumes_identically(tmp_path: Path) -> None:
+    """Format 3 held several optimizers and their schedulers by name, beside an empty
+    `optimizer` and `scheduler`; a file of it resumes as one of format 4 does."""
+    options: dict[str, Any] = {
+        "scheduler": {"g": lambda opt: torch.optim.lr_scheduler.StepLR(opt, 4, gamma=0.5)},
+        "scheduler_interval": "step",
+    }
+    straight = _gan(tmp_path / "straight", **options)
+    straight.fit()
+    saver = ModelCheckpoint(every_n_steps=5, keep_last=10, dirpath=tmp_path / "saved")
+    _gan(tmp_path / "saving", callbacks=[saver], **options).fit()
+    saved = load_checkpoint(saver.dirpath / "last-epoch=0-step=5.ckpt")  # 5 of 6 batches
+    assert set(saved["optimizers"]) == {"g", "d"} and set(saved["schedulers"]) == {"g"}
+    older = save_as_format(as_format_3(saved), tmp_path / "older.ckpt", 3)
+
+    resumed = _gan(tmp_path / "resumed", **options)
+    resumed.fit(ckpt_path=older)
+    assert resumed.global_step == straight.global_step == 12
+    assert_equal_states(resumed.model.state_dict(), straight.model.state_dict(), "model")
+    for name in ("g", "d"):
+        expected, actual = straight.optimizers[name], resumed.optimizers[name]
+        assert_equal_states(actual.state_dict(), expected.state_dict(), f"optimizer {name}")
+    assert_equal_states(
+        resumed.schedulers["g"].state_dict(), straight.schedulers["g"].state_dict(), "g's"
+    )
+
+
+def test_a_checkpoint_of_other_optimizers_is_refused_naming_both(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    gan = _gan(run_dir, max_epochs=1)
+    gan.fit()  # its optimizers exist once `configure_optimizers` has run
+    path = gan.save_checkpoint(tmp_path / "gan.ckpt")
+    model = TwoNets()
+    lone = make_trainer(run_dir, model, optimizer=torch.optim.Adam(model.parameters()))
+    expected = r"holds optimizers \['d', 'g'\], this trainer has \['0'\]; configure the same"
+    with pytest.raises(CheckpointError, match=expected):
+        lone.fit(ckpt_path=path)
 
 
 class ManualRegression(Trainer):

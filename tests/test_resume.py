@@ -1,4 +1,5 @@
-"""Exact resume: a real training process killed anywhere continues to the very same weights."""
+"""Exact resume: a real training process killed anywhere continues to the very same weights,
+and so does a file of an older format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,21 @@ import pytest
 import torch
 from conftest import (
     KillSteps,
+    as_format_2,
+    as_format_3,
+    assert_equal_states,
     assert_same_final_state,
     make_loader,
     make_mlp,
     make_trainer,
+    save_as_format,
     scripted_trainer,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer import Trainer
-from trainer.callbacks import Callback, EarlyStopping
+from trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.trainer import NonFiniteLossError
 
 JOB = Path(__file__).parent / "jobs" / "resumable_job.py"
@@ -174,6 +181,48 @@ def test_early_stopping_stops_at_the_same_step_after_a_resume(tmp_path: Path) ->
     assert stopper.best_epoch == 2
     for a, b in zip(straight.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(a, b), "restore_best_weights must survive the resume"
+
+
+def _lone_optimizer_trainer(run_dir: Path, is_named: bool, **options: Any) -> Trainer:
+    """One AdamW with a per-step scheduler, a list of one or (`is_named`) a dict of one."""
+    model = make_mlp(seed=1, dropout=0.2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return make_trainer(
+        run_dir, model, optimizer={"main": optimizer} if is_named else optimizer,
+        scheduler=lambda each: torch.optim.lr_scheduler.StepLR(each, step_size=2, gamma=0.5),
+        scheduler_interval="step", train_loader=make_loader(shuffle=True), seed=7, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "as_older", "is_named"),
+    [(3, as_format_3, False), (3, as_format_3, True), (2, as_format_2, False)],
+    ids=["format-3", "format-3-dict-of-one", "format-2"],
+)
+def test_a_file_of_an_older_format_with_the_optimizer_apart_resumes_exactly(
+    tmp_path: Path, version: int, as_older: Callable[[dict], dict], is_named: bool
+) -> None:
+    """Before format 4 a lone optimizer and its scheduler were kept apart, without a name."""
+    straight = _lone_optimizer_trainer(tmp_path / "straight", is_named)
+    straight.fit()
+    saver = ModelCheckpoint(every_n_steps=3, keep_last=10, dirpath=tmp_path / "saved")
+    _lone_optimizer_trainer(tmp_path / "saving", is_named, callbacks=[saver]).fit()
+    # Mid-epoch: 3 of the first epoch's 5 batches, the scheduler stepped and its rate halved.
+    saved = load_checkpoint(saver.dirpath / "last-epoch=0-step=3.ckpt")
+    assert set(saved["optimizers"]) == {"main" if is_named else "0"}
+    older = save_as_format(as_older(saved), tmp_path / "older.ckpt", version)
+    assert not load_checkpoint(older).get("optimizers"), "the older file keeps none by name"
+
+    resumed = _lone_optimizer_trainer(tmp_path / "resumed", is_named)
+    resumed.fit(ckpt_path=older)
+    assert resumed.global_step == straight.global_step == 10
+    assert_equal_states(resumed.model.state_dict(), straight.model.state_dict(), "model")
+    assert_equal_states(
+        resumed.optimizer.state_dict(), straight.optimizer.state_dict(), "optimizer"
+    )
+    assert_equal_states(
+        resumed.scheduler.state_dict(), straight.scheduler.state_dict(), "scheduler"
+    )
 
 
 def test_signal_handlers_are_restored_when_fit_returns(run_dir: Path) -> None:

@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "trainer-checkpoint"
-FORMAT_VERSION = 3  # 3: per-rank states in "ranks"; 2: a CRC-32 checksum; 1: SHA-256
+# 4: optimizers and schedulers only by name; 3: per-rank states in "ranks"; 2: a CRC-32
+# checksum; 1: SHA-256. `trainer.resume` reads the contents of formats 2 and 3.
+FORMAT_VERSION = 4
 # A temporary file's name carries its writer: `.<name>.<pid>@<host>.<random>.tmp`.
 _TEMPORARY_PATTERN = re.compile(r"^\..+\.(\d+)@(.+)\.[^.]+\.tmp$")
 _HOST = socket.gethostname().replace(".", "_")

@@ -1,12 +1,12 @@
 """A run's checkpoint: what it holds, and putting it back into a trainer for an exact resume.
 
-One checkpoint holds the model, optimizer, scheduler, grad scaler, `TrainState`, the random
-states of every rank (the data's generators among them), the data position inside the epoch,
-each callback's state, the best file its callbacks declare and the trainer subclass's own
-`state_dict()`, so a resumed run continues as if it had never stopped. `checkpoint.py`
-writes and reads the files, `run_files.py` finds them; this module fills them and empties
-them. The `Trainer` fires the `on_save_checkpoint` and
-`on_load_checkpoint` hooks around these functions.
+One checkpoint holds the model, the optimizers and schedulers by name, the grad scaler,
+`TrainState`, the random states of every rank (the data's generators among them), the data
+position inside the epoch, each callback's state, the best file its callbacks declare and
+the trainer subclass's own `state_dict()`, so a resumed run continues as if it had never
+stopped. `checkpoint.py` writes and reads the files, `run_files.py` finds them; this module
+fills them and empties them, and reads the contents of older formats. The `Trainer` fires
+the `on_save_checkpoint` and `on_load_checkpoint` hooks around these functions.
 """
 
 from __future__ import annotations
@@ -31,25 +31,10 @@ def run_checkpoint(trainer: Trainer, data: DataPosition, logs: LogBook) -> dict[
     On several ranks every rank calls it: what each rank keeps of its own (`_rank_states`)
     is gathered.
     """
-    sharding, optimizer, state = trainer.sharding, trainer.optimizer, trainer.state
+    state = trainer.state
     return {
-        "model": sharding.model_state_dict(),
-        "optimizer": sharding.optimizer_state_dict(optimizer)
-        if optimizer
-        else {},
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else {},
-        # Several optimizers (and their schedulers) are kept by name.
-        "optimizers": {
-            name: sharding.optimizer_state_dict(each)
-            for name, each in named(trainer.optimizers)
-        }
-        if optimizer is None
-        else {},
-        "schedulers": {
-            name: each.state_dict() for name, each in named(trainer.schedulers) if each
-        }
-        if optimizer is None
-        else {},
+        "model": trainer.sharding.model_state_dict(),
+        **_optimization_states(trainer),
         "precision": trainer.precision.state_dict(),
         "state": state.state_dict(),
         "ranks": trainer.distributed.gather(_rank_states(data, logs)),  # rank 0's first
@@ -68,18 +53,13 @@ def restore_run(
 
     The data position is handed to `data`, which uses it when the first epoch starts.
     """
-    sharding = trainer.sharding
-    sharding.load_model_state(checkpoint["model"], path)
+    trainer.sharding.load_model_state(checkpoint["model"], path)
     trainer.state.load_state_dict(checkpoint["state"])
     is_mid_epoch = trainer.state.is_mid_epoch
     if is_mid_epoch:
         data.check_same_data(checkpoint["data"], path)
     own = _own_states(checkpoint, trainer.distributed.rank)
-    if trainer.optimizer is not None:
-        sharding.load_optimizer_state(trainer.optimizer, checkpoint["optimizer"])
-    if trainer.scheduler is not None and checkpoint["scheduler"]:
-        trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-    _load_named(trainer, checkpoint.get("optimizers", {}), checkpoint.get("schedulers", {}), path)
+    _load_optimization_states(trainer, checkpoint, path)
     trainer.precision.load_state_dict(checkpoint["precision"])
     trainer.callbacks.load_state_dicts(checkpoint["callbacks"])
     trainer.load_state_dict(checkpoint.get("trainer", {}))
@@ -90,23 +70,56 @@ def restore_run(
     return checkpoint
 
 
-def _load_named(
-    trainer: Trainer, optimizers: dict[str, Any], schedulers: dict[str, Any], path: Path
-) -> None:
-    """Several optimizers and their schedulers, matched by name (a list's by position)."""
-    if trainer.optimizer is not None:
-        return
+def _optimization_states(trainer: Trainer) -> dict[str, Any]:
+    """The optimizers' and schedulers' states by the names `named` gives them ("0" for a
+    lone optimizer, a dict's keys, a list's positions), read back by
+    `_load_optimization_states`. Under FSDP every rank takes part in gathering each one."""
+    return {
+        "optimizers": {
+            name: trainer.sharding.optimizer_state_dict(optimizer)
+            for name, optimizer in named(trainer.optimizers)
+        },
+        "schedulers": {
+            name: scheduler.state_dict()
+            for name, scheduler in named(trainer.schedulers)
+            if scheduler is not None
+        },
+    }
+
+
+def _load_optimization_states(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    """Put `_optimization_states` back, matched by name; one optimizer or several alike."""
     pairs = named(trainer.optimizers)
-    if sorted(optimizers) != sorted(name for name, _ in pairs):
+    names = [name for name, _ in pairs]
+    if "optimizer" in checkpoint:
+        optimizers, schedulers = _optimization_of_format_3(checkpoint, names)
+    else:
+        optimizers, schedulers = checkpoint["optimizers"], checkpoint["schedulers"]
+    if sorted(optimizers) != sorted(names):
         raise CheckpointError(
             f"checkpoint {path} holds optimizers {sorted(optimizers)}, this trainer has "
-            f"{[name for name, _ in pairs]}; configure the same optimizers to resume."
+            f"{names}; configure the same optimizers to resume."
         )
     for name, optimizer in pairs:
         trainer.sharding.load_optimizer_state(optimizer, optimizers[name])
     for name, scheduler in named(trainer.schedulers):
         if scheduler is not None and name in schedulers:
             scheduler.load_state_dict(schedulers[name])
+
+
+def _optimization_of_format_3(
+    checkpoint: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Files before format 4 kept a lone optimizer and its scheduler apart, as `optimizer`
+    and `scheduler`; with several those were empty, and `optimizers` and `schedulers` (which
+    files older than several optimizers lack) held them by name."""
+    if not checkpoint["optimizer"]:
+        return checkpoint.get("optimizers", {}), checkpoint.get("schedulers", {})
+    # The lone optimizer was saved without its name: it is this trainer's lone one, if it
+    # has one (a dict of one keeps its key), and a mismatch with "0" otherwise.
+    name = names[0] if len(names) == 1 else "0"
+    scheduler = checkpoint["scheduler"]
+    return {name: checkpoint["optimizer"]}, ({name: scheduler} if scheduler else {})
 
 
 def _rank_states(data: DataPosition, logs: LogBook) -> dict[str, Any]:

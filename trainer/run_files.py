@@ -298,11 +298,14 @@ def newest_checkpoint_files(folder: Path, pattern: str = "*.ckpt") -> list[Path]
 
 
 _RUN_CHECKPOINT_PARTS = {
-    "model": dict, "optimizer": dict, "scheduler": dict, "precision": dict, "state": dict,
-    "data": dict, "callbacks": dict,
+    "model": dict, "precision": dict, "state": dict, "data": dict, "callbacks": dict,
 }  # fmt: skip
-# Each rank's own states: a list per rank since format 3, rank 0's "rng" dict before.
-_RANK_PARTS = {"ranks": list, "rng": dict}
+# Parts that changed shape, (newest, older): optimizers by name since format 4, a lone one
+# apart before; each rank's own states in a list since format 3, rank 0's "rng" dict before.
+_SHAPES_OF_PARTS = [
+    ({"optimizers": dict, "schedulers": dict}, {"optimizer": dict, "scheduler": dict}),
+    ({"ranks": list}, {"rng": dict}),
+]
 _STATE_PARTS = {"epoch": int, "global_step": int, "batches_in_epoch": int, "metrics": dict}
 
 
@@ -310,10 +313,9 @@ def check_run_checkpoint(checkpoint: Any, path: Path | str) -> None:
     """Raise `NotARunCheckpointError` naming `path` unless `checkpoint` has the parts a
     resume reads. The checksum proves a file is what was written, not that `fit` wrote it."""
     problems = _wrong_parts(checkpoint, _RUN_CHECKPOINT_PARTS, "")
-    if not problems and not any(
-        isinstance(checkpoint.get(key), kind) for key, kind in _RANK_PARTS.items()
-    ):
-        problems = ["missing ranks (each rank's random states)"]
+    for newest, older in _SHAPES_OF_PARTS if isinstance(checkpoint, dict) else ():
+        if _wrong_parts(checkpoint, older, ""):  # not the older shape, so the newest one
+            problems += _wrong_parts(checkpoint, newest, "")
     if not problems:
         problems = _wrong_parts(checkpoint["state"], _STATE_PARTS, "state.")
     if problems:

@@ -32,8 +32,8 @@ def test_default_checkpoint_writes_last_state_files_under_run_dir(
     assert files_in(folder) == ["last-epoch=0-step=5.ckpt", "last-epoch=1-step=10.ckpt"]
     saved = load_checkpoint(folder / "last-epoch=1-step=10.ckpt")
     assert set(saved) == {
-        "model", "optimizer", "scheduler", "optimizers", "schedulers", "precision", "state",
-        "ranks", "data", "callbacks", "best_checkpoint", "trainer",
+        "model", "optimizers", "schedulers", "precision", "state", "ranks", "data",
+        "callbacks", "best_checkpoint", "trainer",
     }  # fmt: skip
     # Saved at the end of epoch 1, which is finished: a resumed run starts epoch 2.
     assert (saved["state"]["epoch"], saved["state"]["is_epoch_finished"]) == (1, True)

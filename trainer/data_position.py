@@ -19,13 +19,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from trainer.sampling import ResumableSampler, set_sampler_epoch, why_not_resumable
 
 if TYPE_CHECKING:
     from trainer.distributed import Distributed
 
-__all__ = ["DataPosition", "data_generators", "length_or_none"]
+__all__ = ["DataPosition", "data_generators", "length_or_none", "stop_persistent_workers"]
 
 
 class DataPosition:
@@ -241,3 +242,18 @@ def length_or_none(sized: Any) -> int | None:
         return len(sized)
     except TypeError:
         return None
+
+
+def stop_persistent_workers(*loaders: Any) -> None:
+    """Stop the persistent workers of each DataLoader among `loaders`; its next epoch starts
+    new ones. Other loaders' workers stop with their epoch's iterator.
+
+    Torch keeps them in the loader until the loader is freed, which for a loader held by a
+    trainer (it sits in reference cycles) is whenever the cycle collector runs; by then the
+    worker queues may be shut, and each worker's join waits out torch's 5 s timeout.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else None
+        if iterator is not None:
+            loader._iterator = None  # torch has no public verb for this: its __del__'s own
+            iterator._shutdown_workers()

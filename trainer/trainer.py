@@ -37,7 +37,7 @@ from trainer.checks import (
     non_finite_loss_message,
     split_optimization,
 )
-from trainer.data_position import DataPosition
+from trainer.data_position import DataPosition, stop_persistent_workers
 from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
@@ -428,6 +428,8 @@ class Trainer:
                 self.distributed.report_failure(exception)
                 self.callbacks.call("on_exception", self, exception)
                 raise
+            finally:
+                stop_persistent_workers(self.train_loader, self.val_loader)
         return history
 
     def validate(
@@ -466,21 +468,24 @@ class Trainer:
         batches = batches_on_device(
             self._data.batches(self.state.epoch, first), self.device, self.precision.input_dtype
         )
-        for batch_idx, batch in enumerate(batches, start=first):
-            self._logs.open_train_batch(batch)
-            self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
-            outputs = self._run_train_batch(batch, batch_idx)
-            self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
-            self._logs.close_batch()
-            should_stop, signum = self._shared_decisions()
-            if should_stop or self._is_step_limit_reached():
-                self.state.should_stop = should_stop
-                is_exhausted = self.state.are_epoch_batches_done(self._data.length)
-                if is_exhausted:  # the end-of-epoch draws a sampler makes past its last batch
-                    next(batches, None)
-                break
-            if signum:
-                save_and_exit(self, signum)
+        # Closed however the epoch ends, so a loader's workers stop now, not when a kept
+        # traceback or the cycle collector lets go of its iterator.
+        with contextlib.closing(batches):
+            for batch_idx, batch in enumerate(batches, start=first):
+                self._logs.open_train_batch(batch)
+                self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
+                outputs = self._run_train_batch(batch, batch_idx)
+                self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
+                self._logs.close_batch()
+                should_stop, signum = self._shared_decisions()
+                if should_stop or self._is_step_limit_reached():
+                    self.state.should_stop = should_stop
+                    is_exhausted = self.state.are_epoch_batches_done(self._data.length)
+                    if is_exhausted:  # the end-of-epoch draws a sampler makes past its last one
+                        next(batches, None)
+                    break
+                if signum:
+                    save_and_exit(self, signum)
         if is_exhausted:
             self._finish_epoch()
         return self._end_train_epoch()
@@ -620,18 +625,19 @@ class Trainer:
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
             batches = batches_on_device(loader, self.device, self.precision.input_dtype)
-            for batch_idx, batch in enumerate(batches):
-                self._logs.open_eval_batch(batch)
-                with self.precision.autocast():
-                    outputs = step(batch, batch_idx)
-                if stage == "predict":
-                    predictions.append(outputs)
-                else:
-                    figures = dict(as_eval_outputs(outputs, prefix))
-                    size = figures.pop("batch_size", None)  # the step knows it better
-                    for name, value in figures.items():
-                        self.log(f"{prefix}/{name}", value, batch_size=size)
-                self._logs.close_batch()
+            with contextlib.closing(batches):  # its workers stop even when a step raises
+                for batch_idx, batch in enumerate(batches):
+                    self._logs.open_eval_batch(batch)
+                    with self.precision.autocast():
+                        outputs = step(batch, batch_idx)
+                    if stage == "predict":
+                        predictions.append(outputs)
+                    else:
+                        figures = dict(as_eval_outputs(outputs, prefix))
+                        size = figures.pop("batch_size", None)  # the step knows it better
+                        for name, value in figures.items():
+                            self.log(f"{prefix}/{name}", value, batch_size=size)
+                    self._logs.close_batch()
         if stage == "predict":
             return predictions
         figures = self.distributed.reduce_means(self._logs.evaluation)

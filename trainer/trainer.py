@@ -52,6 +52,7 @@ from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
+from trainer.sampling import evaluation_loader
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
@@ -207,7 +208,7 @@ class Trainer:
         # Made resumable and split between ranks once: readers before fit see it as it runs.
         train_loader = check_loader(train_loader, "train_loader")
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
-        self.val_loader = self.distributed.shard_for_evaluation(val_loader)
+        self.val_loader = evaluation_loader(val_loader, self.distributed)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         check_loss_fn(loss_fn, self._uses_default_steps())
@@ -400,7 +401,7 @@ class Trainer:
         if not self.optimizers:
             self.optimization.configure(*split_optimization(self.configure_optimizers()))
         check_optimization_mode(self)
-        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
+        self._data.check_same_length(self.distributed, self.accumulate_grad_batches)
         found = self.run_files.start(ckpt_path, self.distributed)
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)
@@ -620,7 +621,7 @@ class Trainer:
         prefix = _FIGURE_PREFIX.get(stage, stage)
         predictions: list[Any] = []
         if stage != "predict":  # predictions stay whole and in order on every rank
-            loader = self.distributed.shard_for_evaluation(loader)
+            loader = evaluation_loader(loader, self.distributed)
         self._logs.start_evaluation()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()

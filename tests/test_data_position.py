@@ -3,15 +3,20 @@ next epoch draws as if never stopped, and a checkpoint keeps each fact of it onc
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from conftest import assert_equal_states, make_loader, make_trainer
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from trainer.callbacks import ModelCheckpoint
+from trainer import Trainer
+from trainer.callbacks import Callback, ModelCheckpoint
 from trainer.checkpoint import (
     capture_rng_states,
     load_checkpoint,
@@ -161,3 +166,52 @@ def test_worker_side_transforms_warn_once_at_a_mid_epoch_save(run_dir: Path) -> 
     with pytest.warns(UserWarning, match="workers apply the data set's transform") as caught:
         trainer.fit()
     assert sum("transform" in str(w.message) for w in caught) == 1
+
+
+class _FailsAtBatch3(Trainer):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 3:
+            raise RuntimeError("a step failed")
+        return super().training_step(batch, batch_idx)
+
+
+class _SeesWorkers(Callback):
+    """Records the processes started while the trainer runs: its loaders' workers."""
+
+    def __init__(self) -> None:
+        self.before = set(multiprocessing.active_children())
+        self.workers: set[multiprocessing.process.BaseProcess] = set()
+
+    def on_train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+        self.workers |= set(multiprocessing.active_children()) - self.before
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["2 workers", "persistent workers"])
+@pytest.mark.parametrize("end", ["max_steps mid-epoch", "finished", "an exception kept"])
+def test_fit_stops_the_loader_workers_it_started(run_dir: Path, end: str, persistent: bool) -> None:
+    """Without the cycle collector: it would stop them at some later moment, 5 s per worker."""
+    loader = make_loader(n=48)
+    workers = dict(num_workers=2, persistent_workers=persistent)
+    seen = _SeesWorkers()
+    trainer = make_trainer(
+        run_dir, trainer_class=_FailsAtBatch3 if end == "an exception kept" else Trainer,
+        train_loader=DataLoader(loader.dataset, batch_size=8, shuffle=True, **workers),
+        val_loader=DataLoader(loader.dataset, batch_size=16, **workers),
+        max_steps=3 if end == "max_steps mid-epoch" else None, callbacks=[seen],
+    )  # fmt: skip
+    gc.disable()
+    try:
+        if end == "an exception kept":  # its traceback held on to, as a notebook keeps it
+            with pytest.raises(RuntimeError, match="a step failed") as kept:
+                trainer.fit()
+        else:
+            trainer.fit()
+        assert len(seen.workers) >= 2, seen.workers  # the loader's workers did start
+        deadline = time.monotonic() + 2.0
+        while any(worker.is_alive() for worker in seen.workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(worker.is_alive() for worker in seen.workers), seen.workers
+    finally:
+        gc.enable()
+    if end == "an exception kept":
+        assert kept.traceback  # held to here, and its frames with it

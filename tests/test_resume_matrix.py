@@ -14,7 +14,6 @@ save; `max_steps` and `should_stop` end a run the ordinary way.
 
 from __future__ import annotations
 
-import gc
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -101,25 +100,6 @@ LOADERS: dict[str, Callable[[], Any]] = {
     ),
 }
 WITH_WORKERS = ("2 workers", "persistent workers")
-_trainers: list[Trainer] = []  # this test's trainers, whose loaders are released after it
-
-
-@pytest.fixture(autouse=True)
-def _loader_workers_stop_with_their_test() -> Iterator[None]:
-    """Stop each test's loader workers as it ends, not seconds into a later test.
-
-    A trainer sits in reference cycles, so its loader dies only when the cycle collector runs,
-    and that collector fires the worker queues' finalizers before the iterator's `__del__`:
-    the stop message never reaches the workers, and each join waits out its 5 s timeout
-    (10 s per loader of 2 workers; one case took 46 s). Collecting the trainers while the
-    loaders they fitted on are still held, then letting go of those, frees each iterator
-    the ordinary way.
-    """
-    yield
-    loaders = [trainer.train_loader for trainer in _trainers]
-    _trainers.clear()
-    gc.collect()
-    loaders.clear()
 
 SCHEDULERS: dict[str, tuple[Callable[[torch.optim.Optimizer], Any], str]] = {
     "per epoch": (lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), "epoch"),
@@ -186,7 +166,6 @@ def _trainer(
         checkpoint=checkpoint, device="cpu",
         callbacks=[EarlyStopping("val/loss", patience=2), *(callbacks or [])], **options,
     )  # fmt: skip
-    _trainers.append(trainer)
     return trainer
 
 

@@ -8,7 +8,9 @@ mid-way in the same order, and their states now, so the next epoch draws as if t
 never stopped. A loader our `ResumableSampler` drives restarts at the first unconsumed index;
 any other loader (an `IterableDataset`, a custom sampler) replays its epoch from the start
 with the same generators and discards the batches it had consumed. Torch's global state
-itself is saved with the other random states by `checkpoint.capture_rng_states`.
+itself is saved with the other random states by `checkpoint.capture_rng_states`. Here too:
+the training loader made resumable and split between the ranks (which must agree on its
+length), and a loader's persistent workers stopped when `fit` ends.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
-from trainer.sampling import ResumableSampler, set_sampler_epoch, why_not_resumable
+from trainer.sampling import (
+    ResumableSampler,
+    make_resumable,
+    set_sampler_epoch,
+    why_not_resumable,
+)
 
 if TYPE_CHECKING:
     from trainer.distributed import Distributed
 
-__all__ = ["DataPosition", "data_generators", "length_or_none"]
+__all__ = ["DataPosition", "data_generators", "length_or_none", "stop_persistent_workers"]
 
 
 class DataPosition:
@@ -51,10 +59,47 @@ class DataPosition:
     def of(
         cls, loader: Iterable[Any] | None, distributed: Distributed, pin_memory: bool
     ) -> DataPosition:
-        """The position of `loader` once made resumable and split between the ranks."""
+        """The position of `loader` once made resumable and split between the ranks.
+
+        `pin_memory=True` also pins its batches, so copies to a GPU can run asynchronously.
+        """
         if loader is None:
             return cls(None, None)
-        return cls(*distributed.shard_training_loader(loader, pin_memory=pin_memory))
+        reason = why_not_resumable(loader)
+        if reason is None:
+            return cls(*make_resumable(
+                loader, distributed.world_size, distributed.rank, distributed.share_seed,
+                pin_memory=pin_memory,
+            ))  # fmt: skip
+        sampler = getattr(loader, "sampler", None)
+        if distributed.world_size > 1 and not hasattr(sampler, "num_replicas"):
+            if distributed.is_global_zero:
+                warnings.warn(
+                    f"the train_loader is not split between the {distributed.world_size} "
+                    f"ranks ({reason}), so each rank trains on the same data: give it a "
+                    "DistributedSampler, or pass a plain DataLoader and the trainer splits it.",
+                    stacklevel=3,
+                )
+        return cls(loader, None)
+
+    def check_same_length(self, distributed: Distributed, accumulate_grad_batches: int) -> None:
+        """Refuse ranks with different numbers of batches: DDP would wait for the missing one."""
+        if not distributed.is_active:
+            return
+        lengths = distributed.gather(self.loader_length)
+        if len(set(lengths)) > 1:
+            listed = ", ".join(f"rank {rank}: {count}" for rank, count in enumerate(lengths))
+            raise ValueError(
+                f"the ranks disagree on the number of training batches per epoch ({listed}); "
+                "each rank must run the same number of steps, or the others would wait for it "
+                "forever. Pass a plain DataLoader and the trainer splits it evenly, or use a "
+                "DistributedSampler."
+            )
+        if self.loader_length is None and accumulate_grad_batches > 1:
+            raise ValueError(
+                "accumulate_grad_batches > 1 on several ranks needs a train_loader with a "
+                "length, so every rank knows where the last accumulation window ends."
+            )
 
     def batches(self, epoch: int, first: int) -> Iterator[Any]:
         """Epoch `epoch`'s batches from batch `first` on (a resumed epoch skips what it had)."""
@@ -241,3 +286,18 @@ def length_or_none(sized: Any) -> int | None:
         return len(sized)
     except TypeError:
         return None
+
+
+def stop_persistent_workers(*loaders: Any) -> None:
+    """Stop the persistent workers of each DataLoader among `loaders`; its next epoch starts
+    new ones. Other loaders' workers stop with their epoch's iterator.
+
+    Torch keeps them in the loader until the loader is freed, which for a loader held by a
+    trainer (it sits in reference cycles) is whenever the cycle collector runs; by then the
+    worker queues may be shut, and each worker's join waits out torch's 5 s timeout.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else None
+        if iterator is not None:
+            loader._iterator = None  # torch has no public verb for this: its __del__'s own
+            iterator._shutdown_workers()

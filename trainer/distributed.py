@@ -18,7 +18,6 @@ import datetime
 import gc
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args
 
@@ -27,12 +26,6 @@ from torch import nn
 
 from trainer.device import resolve_device
 from trainer.metrics import RunningMeans
-from trainer.sampling import (
-    ResumableSampler,
-    make_resumable,
-    why_not_resumable,
-)
-from trainer.sampling import shard_for_evaluation as _evaluation_share
 from trainer.sharding import Sharding, ShardingKind
 
 __all__ = ["STRATEGIES", "Distributed", "StrategyName", "launch_environment"]
@@ -241,58 +234,6 @@ class Distributed:
         dist.all_reduce(values)
         sums = values.tolist()
         return {name: total / weight for name, (total, weight) in zip(names, sums, strict=True)}
-
-    def shard_training_loader(
-        self, loader: Any, pin_memory: bool = False
-    ) -> tuple[Any, ResumableSampler | None]:
-        """A plain DataLoader made resumable and, on several ranks, split between them."""
-        reason = why_not_resumable(loader)
-        if reason is None:
-            return make_resumable(
-                loader,
-                num_replicas=self.world_size,
-                rank=self.rank,
-                share_seed=self.share_seed,
-                pin_memory=pin_memory,
-            )
-        sampler = getattr(loader, "sampler", None)
-        if self.world_size > 1 and not hasattr(sampler, "num_replicas") and self.is_global_zero:
-            warnings.warn(
-                f"the train_loader is not split between the {self.world_size} ranks ({reason}), "
-                "so each rank trains on the same data: give it a DistributedSampler, or pass "
-                "a plain DataLoader and the trainer splits it.",
-                stacklevel=4,
-            )
-        return loader, None
-
-    def shard_for_evaluation(self, loader: Any) -> Any:
-        """DDP: this rank's share of an evaluation loader, without padding.
-
-        FSDP runs collectives in every forward, so there each rank evaluates the whole
-        loader (same count of forwards everywhere; averages stay exact).
-        """
-        if self.kind != "ddp":
-            return loader
-        return _evaluation_share(loader, self.world_size, self.rank)
-
-    def check_loader_length(self, length: int | None, accumulate_grad_batches: int) -> None:
-        """Refuse ranks with different numbers of batches: DDP would wait for the missing one."""
-        if not self.is_active:
-            return
-        lengths = self.gather(length)
-        if len(set(lengths)) > 1:
-            listed = ", ".join(f"rank {rank}: {count}" for rank, count in enumerate(lengths))
-            raise ValueError(
-                f"the ranks disagree on the number of training batches per epoch ({listed}); "
-                "each rank must run the same number of steps, or the others would wait for it "
-                "forever. Pass a plain DataLoader and the trainer splits it evenly, or use a "
-                "DistributedSampler."
-            )
-        if length is None and accumulate_grad_batches > 1:
-            raise ValueError(
-                "accumulate_grad_batches > 1 on several ranks needs a train_loader with a "
-                "length, so every rank knows where the last accumulation window ends."
-            )
 
     # ------------------------------------------------------------------------- rank helpers
     def share_seed(self, seed: int) -> int:

@@ -9,15 +9,16 @@ resume starts the epoch at the first unconsumed index: consumed batches are skip
 indices, never loaded. Across N ranks, every rank uses rank 0's seed and takes every N-th
 index of the one permutation, so N ranks with batch B see the batches one process with
 batch N*B would see. `shard_for_evaluation` splits an evaluation set the same way, without
-padding, so averages over it stay exact. Where the data stands as a run goes (the
-generators' states, what a checkpoint keeps) is `data_position.py`'s concern.
+padding, so averages over it stay exact; `evaluation_loader` does so under DDP. Where the
+data stands as a run goes (the generators' states, what a checkpoint keeps) is
+`data_position.py`'s concern.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import (
@@ -29,9 +30,13 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+if TYPE_CHECKING:
+    from trainer.distributed import Distributed
+
 __all__ = [
     "EvaluationShard",
     "ResumableSampler",
+    "evaluation_loader",
     "make_resumable",
     "set_sampler_epoch",
     "shard_for_evaluation",
@@ -210,6 +215,17 @@ def shard_for_evaluation(loader: Any, num_replicas: int, rank: int) -> Any:
         return loader
     sampler = EvaluationShard(len(loader.dataset), num_replicas, rank)
     return _rebuilt(loader, sampler)
+
+
+def evaluation_loader(loader: Any, distributed: Distributed) -> Any:
+    """DDP: this rank's share of an evaluation loader, without padding.
+
+    FSDP runs collectives in every forward, so there each rank evaluates the whole
+    loader (same count of forwards everywhere; averages stay exact).
+    """
+    if distributed.kind != "ddp":
+        return loader
+    return shard_for_evaluation(loader, distributed.world_size, distributed.rank)
 
 
 def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False) -> DataLoader:

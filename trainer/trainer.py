@@ -37,7 +37,7 @@ from trainer.checks import (
     non_finite_loss_message,
     split_optimization,
 )
-from trainer.data_position import DataPosition
+from trainer.data_position import DataPosition, stop_persistent_workers
 from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
@@ -52,6 +52,7 @@ from trainer.precision import Precision
 from trainer.preemption import PreemptionWatch, save_and_exit
 from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
+from trainer.sampling import evaluation_loader
 from trainer.state import TrainState
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
@@ -207,7 +208,7 @@ class Trainer:
         # Made resumable and split between ranks once: readers before fit see it as it runs.
         train_loader = check_loader(train_loader, "train_loader")
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
-        self.val_loader = self.distributed.shard_for_evaluation(val_loader)
+        self.val_loader = evaluation_loader(val_loader, self.distributed)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         check_loss_fn(loss_fn, self._uses_default_steps())
@@ -401,7 +402,7 @@ class Trainer:
         if not self.optimizers:
             self.optimization.configure(*split_optimization(self.configure_optimizers()))
         check_optimization_mode(self)
-        self.distributed.check_loader_length(self.num_train_batches, self.accumulate_grad_batches)
+        self._data.check_same_length(self.distributed, self.accumulate_grad_batches)
         found = self.run_files.start(ckpt_path, self.distributed)
         if found is not None:
             checkpoint = restore_run(self, self._data, self._logs, *found)
@@ -429,6 +430,8 @@ class Trainer:
                 self.distributed.report_failure(exception)
                 self.callbacks.call("on_exception", self, exception)
                 raise
+            finally:
+                stop_persistent_workers(self.train_loader, self.val_loader)
         return history
 
     def validate(
@@ -467,21 +470,24 @@ class Trainer:
         batches = batches_on_device(
             self._data.batches(self.state.epoch, first), self.device, self.precision.input_dtype
         )
-        for batch_idx, batch in enumerate(batches, start=first):
-            self._logs.open_train_batch(batch)
-            self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
-            outputs = self._run_train_batch(batch, batch_idx)
-            self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
-            self._logs.close_batch()
-            should_stop, signum = self._shared_decisions()
-            if should_stop or self._is_step_limit_reached():
-                self.state.should_stop = should_stop
-                is_exhausted = self.state.are_epoch_batches_done(self._data.length)
-                if is_exhausted:  # the end-of-epoch draws a sampler makes past its last batch
-                    next(batches, None)
-                break
-            if signum:
-                save_and_exit(self, signum)
+        # Closed however the epoch ends, so a loader's workers stop now, not when a kept
+        # traceback or the cycle collector lets go of its iterator.
+        with contextlib.closing(batches):
+            for batch_idx, batch in enumerate(batches, start=first):
+                self._logs.open_train_batch(batch)
+                self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
+                outputs = self._run_train_batch(batch, batch_idx)
+                self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
+                self._logs.close_batch()
+                should_stop, signum = self._shared_decisions()
+                if should_stop or self._is_step_limit_reached():
+                    self.state.should_stop = should_stop
+                    is_exhausted = self.state.are_epoch_batches_done(self._data.length)
+                    if is_exhausted:  # the end-of-epoch draws a sampler makes past its last one
+                        next(batches, None)
+                    break
+                if signum:
+                    save_and_exit(self, signum)
         if is_exhausted:
             self._finish_epoch()
         return self._end_train_epoch()
@@ -616,23 +622,24 @@ class Trainer:
         prefix = _FIGURE_PREFIX.get(stage, stage)
         predictions: list[Any] = []
         if stage != "predict":  # predictions stay whole and in order on every rank
-            loader = self.distributed.shard_for_evaluation(loader)
+            loader = evaluation_loader(loader, self.distributed)
         self._logs.start_evaluation()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
             batches = batches_on_device(loader, self.device, self.precision.input_dtype)
-            for batch_idx, batch in enumerate(batches):
-                self._logs.open_eval_batch(batch)
-                with self.precision.autocast():
-                    outputs = step(batch, batch_idx)
-                if stage == "predict":
-                    predictions.append(outputs)
-                else:
-                    figures = dict(as_eval_outputs(outputs, prefix))
-                    size = figures.pop("batch_size", None)  # the step knows it better
-                    for name, value in figures.items():
-                        self.log(f"{prefix}/{name}", value, batch_size=size)
-                self._logs.close_batch()
+            with contextlib.closing(batches):  # its workers stop even when a step raises
+                for batch_idx, batch in enumerate(batches):
+                    self._logs.open_eval_batch(batch)
+                    with self.precision.autocast():
+                        outputs = step(batch, batch_idx)
+                    if stage == "predict":
+                        predictions.append(outputs)
+                    else:
+                        figures = dict(as_eval_outputs(outputs, prefix))
+                        size = figures.pop("batch_size", None)  # the step knows it better
+                        for name, value in figures.items():
+                            self.log(f"{prefix}/{name}", value, batch_size=size)
+                    self._logs.close_batch()
         if stage == "predict":
             return predictions
         figures = self.distributed.reduce_means(self._logs.evaluation)

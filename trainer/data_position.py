@@ -107,12 +107,12 @@ class DataPosition:
         resumed_start, self._resumed_epoch_start = self._resumed_epoch_start, None
         if not first or resumed_start is None:
             self._epoch_start = self._states()
-            batches = self._iterator(epoch)
+            batches = self._open_iterator(epoch)
         else:
             now = self._states()
             self._epoch_start = resumed_start
             self._set(resumed_start)  # the iterator draws its seeds as the epoch first did
-            batches = self._iterator(epoch)
+            batches = self._open_iterator(epoch)
             if self.sampler is None:  # the sampler starts at its resume point by itself
                 next(islice(batches, first - 1, None), None)  # load and discard consumed ones
             self._set(now)
@@ -121,7 +121,7 @@ class DataPosition:
         self.length = None
         return self._measured(batches, first)
 
-    def _iterator(self, epoch: int) -> Iterator[Any]:
+    def _open_iterator(self, epoch: int) -> Iterator[Any]:
         """`iter(loader)`, drawing from the generators only where an unbroken run drew.
 
         A DataLoader with persistent workers draws their seed once, when its first epoch

@@ -279,18 +279,3 @@ def test_a_checkpoint_without_the_subclass_state_changes_the_run(tmp_path: Path)
     forgetful.fit(ckpt_path=file)
     expected = _straight(tmp_path, "shuffle", "per epoch")["model"]
     assert any(not torch.equal(expected[k], v) for k, v in forgetful.model.state_dict().items())
-
-
-# ------------------------------------------------------------- validation by steps and time
-
-
-# ----------------------------------------------------------------- limits and debug runs
-
-
-# ---------------------------------------------------------------- several validation loaders
-
-
-# --------------------------------------------------------------- loaders that keep their state
-
-
-# ------------------------------------------------------------ accumulation with num_items

@@ -28,6 +28,8 @@ class SaveConfig(Callback):
     The run folder then records exactly what produced it, overrides included.
     """
 
+    writes_files = True
+
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.text = config_to_yaml(config)
 

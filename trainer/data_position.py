@@ -50,6 +50,7 @@ class DataPosition:
         self.sampler = sampler
         self.loader_length = length_or_none(loader)  # len() of a DataLoader is not free
         self.length = self.loader_length  # this epoch's: known at its last batch without a len()
+        self.limit: int | None = None  # batches per epoch the run keeps (`limit_to`)
         self.generators = data_generators(loader)
         self._epoch_start: dict[str, Any] | None = None
         self._resumed_epoch_start: dict[str, Any] | None = None
@@ -81,6 +82,14 @@ class DataPosition:
                     stacklevel=3,
                 )
         return cls(loader, None)
+
+    def limit_to(self, batches: int | None) -> None:
+        """Run at most `batches` batches an epoch (None: all): `limit_train_batches` and the
+        debug runs. The limited count is the epoch's length, so the accumulation window, the
+        epoch's end and a mid-epoch resume all count the limited epoch."""
+        self.limit = batches
+        if batches is not None and self.loader_length is not None:
+            self.loader_length = self.length = min(self.loader_length, batches)
 
     def check_same_length(self, distributed: Distributed, accumulate_grad_batches: int) -> None:
         """Refuse ranks with different numbers of batches: DDP would wait for the missing one."""
@@ -116,6 +125,8 @@ class DataPosition:
             if self.sampler is None:  # the sampler starts at its resume point by itself
                 next(islice(batches, first - 1, None), None)  # load and discard consumed ones
             self._set(now)
+        if self.limit is not None:  # the rest of the epoch's order is never drawn
+            batches = islice(batches, max(self.limit - first, 0))
         if self.loader_length is not None:
             return batches
         self.length = None

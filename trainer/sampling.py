@@ -38,6 +38,7 @@ __all__ = [
     "ResumableSampler",
     "evaluation_loader",
     "make_resumable",
+    "rebuilt_loader",
     "set_sampler_epoch",
     "shard_for_evaluation",
     "why_not_resumable",
@@ -181,7 +182,7 @@ def make_resumable(
         rank=rank,
         share_seed=share_seed,
     )
-    return _rebuilt(loader, sampler, pin_memory), sampler
+    return rebuilt_loader(loader, sampler, pin_memory), sampler
 
 
 class EvaluationShard(Sampler[int]):
@@ -214,7 +215,7 @@ def shard_for_evaluation(loader: Any, num_replicas: int, rank: int) -> Any:
     if why_not_resumable(loader) is not None:
         return loader
     sampler = EvaluationShard(len(loader.dataset), num_replicas, rank)
-    return _rebuilt(loader, sampler)
+    return rebuilt_loader(loader, sampler)
 
 
 def evaluation_loader(loader: Any, distributed: Distributed) -> Any:
@@ -228,7 +229,9 @@ def evaluation_loader(loader: Any, distributed: Distributed) -> Any:
     return shard_for_evaluation(loader, distributed.world_size, distributed.rank)
 
 
-def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False) -> DataLoader:
+def rebuilt_loader(
+    loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False
+) -> DataLoader:
     """A DataLoader like `loader` in every setting, drawing indices from `sampler`."""
     settings = {
         name: getattr(loader, name)

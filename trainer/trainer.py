@@ -41,6 +41,7 @@ from trainer.data_position import DataPosition, stop_persistent_workers
 from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
+from trainer.limits import RunLimits
 from trainer.metrics import (
     LogBook,
     compute_metrics,
@@ -74,7 +75,8 @@ class Trainer:
             on_fit_start
             while epochs and steps remain and not should_stop:
                 on_train_epoch_start
-                for batch_idx, batch in train_loader (a resumed epoch skips what it consumed):
+                for batch_idx, batch in train_loader (a resumed epoch skips what it consumed;
+                                       limit_train_batches: the epoch is its first N):
                     on_train_batch_start(batch, batch_idx)
                     loss = training_step(batch, batch_idx)      # under autocast
                         # automatic_optimization = False: the step calls self.backward and
@@ -98,6 +100,7 @@ class Trainer:
                     if val_loader:
                         on_validation_start
                         validation_step(batch, batch_idx) per batch   # eval(), inference_mode
+                                                    # (the first limit_val_batches)
                         on_validation_end(val figures)
                     scheduler.step()              # "epoch"; ReduceLROnPlateau gets its monitor
                     on_log(epoch figures, global_step)   # on_log fires on rank 0 only
@@ -126,6 +129,14 @@ class Trainer:
         metrics: name -> callable `(outputs, targets) -> tensor`, or `torchmetrics` objects.
         max_epochs: stop after this many epochs.
         max_steps: stop after this many optimizer steps (whichever limit comes first).
+        limit_train_batches: train on the first N batches of each epoch (an int), or that
+            fraction of them (a float in (0, 1]; needs a loader with a length); the limited
+            epoch is a whole epoch: its last window steps, it validates and ends. Per rank.
+        limit_val_batches: likewise for every validation; 0 switches validation off.
+        overfit_batches: train on the same first N batches (or fraction) every epoch, a
+            shuffled loader drawn in its data set's order, and validate on the first N.
+        fast_dev_run: `True` or N: one epoch of N (1) batches of training and validation,
+            N batches in `test`/`predict`, writing no files at all; a smoke test of a job.
         precision: `"32"`, `"16-mixed"`, `"bf16-mixed"` or `"bf16-true"`.
         device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"` or a `torch.device`.
         accumulate_grad_batches: step the optimizer every N batches.
@@ -175,6 +186,10 @@ class Trainer:
         metrics: Mapping[str, Any] | None = None,
         max_epochs: int | None = None,
         max_steps: int | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        overfit_batches: int | float = 0,
+        fast_dev_run: bool | int = False,
         precision: str = "32",
         device: str | torch.device = "auto",
         accumulate_grad_batches: int = 1,
@@ -200,17 +215,24 @@ class Trainer:
             gradient_clip_val, nan_policy,
         )
         self.nan_policy = nan_policy
+        self.limits = RunLimits.of(
+            limit_train_batches, limit_val_batches, overfit_batches, fast_dev_run
+        )
         self.distributed = as_distributed(strategy, nan_policy)
         self.device = self.distributed.setup(device)  # joins the process group under torchrun
         self.precision = Precision(precision, self.device)
         self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
         # Made resumable and split between ranks once: readers before fit see it as it runs.
-        train_loader = check_loader(train_loader, "train_loader")
+        train_loader = self.limits.training_loader(check_loader(train_loader, "train_loader"))
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
-        self.val_loader = evaluation_loader(val_loader, self.distributed)
+        self._data.limit_to(self.limits.train_batches(self._data.loader_length))
+        self.val_loader = self.limits.validation_loader(
+            evaluation_loader(val_loader, self.distributed)
+        )
         self.metric_fns = metrics_on_device(metrics, self.device)
-        self.max_epochs, self.max_steps = max_epochs, max_steps
+        self.max_epochs = self.limits.setting("max_epochs", max_epochs)
+        self.max_steps = self.limits.setting("max_steps", max_steps)
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
         self._logs = LogBook(log_every_n_steps)
@@ -223,10 +245,13 @@ class Trainer:
         if optimizer is not None:
             self.optimization.configure(optimizer)
         # The run's folders, its checkpoints and the queue that finishes its saves.
-        self.run_files = RunFiles(Path(run_dir) if run_dir else _default_run_dir())
-        self.callbacks = CallbackList(
-            assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
+        self.run_files = RunFiles(
+            Path(run_dir) if run_dir else _default_run_dir(), self.limits.writes_files
         )
+        self.callbacks = CallbackList(assemble_callbacks(
+            callbacks, progress_bar, logger, checkpoint, self.is_global_zero,
+            writes_files=self.limits.writes_files,
+        ))  # fmt: skip
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._preemption = PreemptionWatch()
@@ -626,7 +651,9 @@ class Trainer:
         self._logs.start_evaluation()
         with _kept_module_modes(self.model), torch.inference_mode():
             self.model.eval()
-            batches = batches_on_device(loader, self.device, self.precision.input_dtype)
+            batches = batches_on_device(
+                self.limits.first_batches(loader, stage), self.device, self.precision.input_dtype
+            )  # limit_val_batches, overfit_batches, fast_dev_run: the first batches only
             with contextlib.closing(batches):  # its workers stop even when a step raises
                 for batch_idx, batch in enumerate(batches):
                     self._logs.open_eval_batch(batch)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from trainer.data_position import length_or_none
 from trainer.sampling import rebuilt_loader
@@ -117,7 +117,8 @@ class RunLimits:
                 stacklevel=3,
             )
             return rebuilt_loader(loader, SequentialSampler(loader.dataset))  # type: ignore[arg-type]
-        if sampler is not None and type(sampler) is not SequentialSampler:
+        is_stream = isinstance(getattr(loader, "dataset", None), IterableDataset)
+        if sampler is not None and type(sampler) is not SequentialSampler and not is_stream:
             warnings.warn(
                 f"overfit_batches={self.overfit_batches!r}: the train_loader's "
                 f"{type(sampler).__name__} chooses its own order, so the first batches may "

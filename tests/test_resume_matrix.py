@@ -285,6 +285,66 @@ def test_a_checkpoint_without_the_subclass_state_changes_the_run(tmp_path: Path)
 
 
 # ----------------------------------------------------------------- limits and debug runs
+# A limited epoch is a whole epoch: 7 batches in windows of 3 step 3 times (3, 3, 1), and a
+# checkpoint saved inside it resumes inside the same first 7 batches of the epoch's order.
+LIMITS: dict[str, dict[str, Any]] = {
+    "7 batches": dict(limit_train_batches=7),
+    "0.7 of them": dict(limit_train_batches=0.7),
+    "overfit 5": dict(overfit_batches=5),
+}
+_limited_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _straight_limited(tmp_path: Path, loader: str, limit: str) -> dict[str, Any]:
+    key = (loader, limit)
+    if key not in _limited_cache:
+        run = _trainer(tmp_path / "straight", loader, checkpoint=False, **LIMITS[limit])
+        run.fit()
+        _limited_cache[key] = _final_state(run)
+    return _limited_cache[key]
+
+
+@pytest.mark.parametrize(
+    ("loader", "limit"),
+    [("shuffle", "7 batches"), ("shuffle", "0.7 of them"), ("IterableDataset", "7 batches"),
+     ("shuffle", "overfit 5")],
+)  # fmt: skip
+def test_a_limited_run_resumed_from_every_checkpoint_ends_as_the_straight_run(
+    tmp_path: Path, loader: str, limit: str
+) -> None:
+    saver = ModelCheckpoint(**SAVES["both"], keep_last=100, dirpath=tmp_path / "saved")
+    run = _trainer(tmp_path / "run", loader, checkpoint=saver, **LIMITS[limit])
+    run.fit()
+    expected = _straight_limited(tmp_path, loader, limit)
+    assert_equal_states(expected, _final_state(run), f"{loader}, {limit}: saving changed it")
+    steps = 3 if limit != "overfit 5" else 2
+    assert run.global_step == EPOCHS * steps
+    files = sorted(saver.dirpath.glob("*.ckpt"))
+    assert len(files) >= EPOCHS * steps, files
+    for file in files:
+        folder = tmp_path / f"resumed-{file.stem}"
+        folder.mkdir()
+        resumed = _trainer(folder, loader, checkpoint=False, **LIMITS[limit])
+        resumed.fit(ckpt_path=shutil.copy(file, folder / file.name))
+        where = f"{loader}, {limit}, resumed from {file.name}"
+        assert_equal_states(expected, _final_state(resumed), where)
+
+
+@pytest.mark.parametrize(
+    ("loader", "limit"), [("2 workers", "7 batches"), ("IterableDataset", "overfit 5")]
+)
+def test_a_limited_run_stopped_mid_epoch_continues_to_the_straight_runs_end(
+    tmp_path: Path, loader: str, limit: str
+) -> None:
+    expected = _straight_limited(tmp_path, loader, limit)
+    for step in (1, 3, 4):  # mid-epoch, where the second epoch ends or begins, mid-epoch
+        first = _trainer(tmp_path / f"stop-{step}", loader, max_steps=step, **LIMITS[limit])
+        first.fit()
+        resumed = _trainer(tmp_path / f"stop-{step}", loader, **LIMITS[limit])
+        resumed.fit(ckpt_path="last")
+        where = f"{loader}, {limit}, stopped at step {step}"
+        assert_equal_states(expected, _final_state(resumed), where)
+
 
 
 # ---------------------------------------------------------------- several validation loaders

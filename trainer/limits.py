@@ -102,6 +102,12 @@ class RunLimits:
         }
         return overrides.get(name, requested)
 
+    def when_to_stop(
+        self, max_epochs: int | None, max_steps: int | None
+    ) -> tuple[int | None, int | None]:
+        """`max_epochs` and `max_steps` as this run uses them (a dev run fixes both)."""
+        return self.setting("max_epochs", max_epochs), self.setting("max_steps", max_steps)
+
     def training_loader(self, loader: Iterable[Any] | None) -> Iterable[Any] | None:
         """The train_loader as the run draws from it: under `overfit_batches`, a shuffled
         DataLoader is rebuilt in its data set's order (with a warning), so every epoch's

@@ -210,14 +210,15 @@ class Trainer:
     ) -> None:
         # First, while the only locals are the arguments: they give the default hyperparameters.
         self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
-        check_loop_arguments(
-            model, max_epochs, max_steps, accumulate_grad_batches, log_every_n_steps,
-            gradient_clip_val, nan_policy,
-        )
-        self.nan_policy = nan_policy
         self.limits = RunLimits.of(
             limit_train_batches, limit_val_batches, overfit_batches, fast_dev_run
         )
+        self.max_epochs, self.max_steps = self.limits.when_to_stop(max_epochs, max_steps)
+        check_loop_arguments(
+            model, self.max_epochs, self.max_steps, accumulate_grad_batches, log_every_n_steps,
+            gradient_clip_val, nan_policy,
+        )
+        self.nan_policy = nan_policy
         self.distributed = as_distributed(strategy, nan_policy)
         self.device = self.distributed.setup(device)  # joins the process group under torchrun
         self.precision = Precision(precision, self.device)
@@ -227,12 +228,9 @@ class Trainer:
         train_loader = self.limits.training_loader(check_loader(train_loader, "train_loader"))
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
         self._data.limit_to(self.limits.train_batches(self._data.loader_length))
-        self.val_loader = self.limits.validation_loader(
-            evaluation_loader(val_loader, self.distributed)
-        )
+        val_loader = evaluation_loader(val_loader, self.distributed)
+        self.val_loader = self.limits.validation_loader(val_loader)  # None: limit_val_batches=0
         self.metric_fns = metrics_on_device(metrics, self.device)
-        self.max_epochs = self.limits.setting("max_epochs", max_epochs)
-        self.max_steps = self.limits.setting("max_steps", max_steps)
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
         self._logs = LogBook(log_every_n_steps)
@@ -245,9 +243,7 @@ class Trainer:
         if optimizer is not None:
             self.optimization.configure(optimizer)
         # The run's folders, its checkpoints and the queue that finishes its saves.
-        self.run_files = RunFiles(
-            Path(run_dir) if run_dir else _default_run_dir(), self.limits.writes_files
-        )
+        self.run_files = RunFiles(Path(run_dir or _default_run_dir()), self.limits.writes_files)
         self.callbacks = CallbackList(assemble_callbacks(
             callbacks, progress_bar, logger, checkpoint, self.is_global_zero,
             writes_files=self.limits.writes_files,

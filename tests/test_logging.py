@@ -214,6 +214,10 @@ def test_default_hparams_are_the_plain_options_and_the_objects_names(
         "nan_policy": "raise",
         "log_grad_norm": False,
         "strategy": "auto",
+        "val_check_interval": None,
+        "check_val_every_n_epoch": 1,
+        "num_sanity_val_steps": 2,
+        "max_time": None,
     }
 
 

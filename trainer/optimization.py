@@ -316,19 +316,35 @@ class Optimization:
         for _, optimizer in named(self.optimizers):
             optimizer.zero_grad(set_to_none=True)
 
-    def step_schedulers_on_epoch(self, metrics: dict[str, float]) -> None:
+    def step_schedulers_on_epoch(
+        self, metrics: dict[str, float], is_plateau_due: bool = True
+    ) -> None:
         """At a finished epoch's end: epoch schedulers step; `ReduceLROnPlateau` reads its
-        monitor from `metrics`."""
+        monitor from `metrics` when `is_plateau_due` (the loop says so when this epoch end
+        validated, or the run has no validation), as it does after every validation."""
         if self.scheduler_interval != "epoch":
             return
         for _, scheduler in named(self.schedulers):
             if scheduler is None:
                 continue
             if is_plateau(scheduler):
-                monitor = Monitor(self.scheduler_monitor)
-                scheduler.step(monitor.read(metrics, "ReduceLROnPlateau"))
+                if is_plateau_due:
+                    self._step_plateau(scheduler, metrics)
             else:
                 scheduler.step()
+
+    def step_plateau_schedulers(self, metrics: dict[str, float]) -> None:
+        """After a validation inside an epoch (`val_check_interval`): each epoch-interval
+        `ReduceLROnPlateau` reads its monitor, so its patience counts validations."""
+        if self.scheduler_interval != "epoch":
+            return
+        for _, scheduler in named(self.schedulers):
+            if scheduler is not None and is_plateau(scheduler):
+                self._step_plateau(scheduler, metrics)
+
+    def _step_plateau(self, scheduler: Any, metrics: dict[str, float]) -> None:
+        monitor = Monitor(self.scheduler_monitor)
+        scheduler.step(monitor.read(metrics, "ReduceLROnPlateau"))
 
     def learning_rates(self) -> dict[str, float]:
         """The optimizers' learning rates by their logged names."""

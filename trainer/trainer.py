@@ -8,7 +8,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from trainer.callbacks.defaults import assemble_callbacks
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
+from trainer.callbacks.timer import with_timer
+from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.checks import (
     NanPolicy,
     as_distributed,
@@ -42,6 +44,12 @@ from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
 from trainer.limits import RunLimits
+from trainer.loop_schedule import (
+    DEFAULT_SANITY_VAL_STEPS,
+    LoopSchedule,
+    each_loader,
+    first_batches,
+)
 from trainer.metrics import (
     LogBook,
     compute_metrics,
@@ -207,6 +215,10 @@ class Trainer:
         hparams: Mapping[str, Any] | None = None,
         log_grad_norm: bool = False,
         strategy: str | Distributed = "auto",
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int = DEFAULT_SANITY_VAL_STEPS,
+        max_time: float | str | timedelta | None = None,
     ) -> None:
         # First, while the only locals are the arguments: they give the default hyperparameters.
         self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
@@ -231,6 +243,12 @@ class Trainer:
         val_loader = evaluation_loader(val_loader, self.distributed)
         self.val_loader = self.limits.validation_loader(val_loader)  # None: limit_val_batches=0
         self.metric_fns = metrics_on_device(metrics, self.device)
+        setting = self.limits.setting  # a dev run validates once and runs no sanity pass
+        self.schedule = LoopSchedule(
+            setting("val_check_interval", val_check_interval),
+            setting("check_val_every_n_epoch", check_val_every_n_epoch),
+            setting("num_sanity_val_steps", num_sanity_val_steps), self._data.loader_length,
+        )  # fmt: skip
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
         self._logs = LogBook(log_every_n_steps)
@@ -245,8 +263,8 @@ class Trainer:
         # The run's folders, its checkpoints and the queue that finishes its saves.
         self.run_files = RunFiles(Path(run_dir or _default_run_dir()), self.limits.writes_files)
         self.callbacks = CallbackList(assemble_callbacks(
-            callbacks, progress_bar, logger, checkpoint, self.is_global_zero,
-            writes_files=self.limits.writes_files,
+            with_timer(callbacks, max_time), progress_bar, logger, checkpoint,
+            self.is_global_zero, writes_files=self.limits.writes_files,
         ))  # fmt: skip
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
@@ -437,10 +455,11 @@ class Trainer:
                 self.model.train()
             try:
                 self.callbacks.call("on_fit_start", self)
+                self._run_sanity_check()
                 while not self._is_finished():
                     history.append(self._run_train_epoch())
                 self.callbacks.call("on_train_end", self)
-                if history and self.state.is_mid_epoch and self.val_loader is not None:
+                if history and not self.state.is_validated and self.val_loader is not None:
                     figures = self._run_validation(self.val_loader)  # figures where it ended
                     self._send_to_loggers(figures)
                     history[-1] |= figures
@@ -498,6 +517,8 @@ class Trainer:
                 self._logs.open_train_batch(batch)
                 self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
                 outputs = self._run_train_batch(batch, batch_idx)
+                if self._is_mid_epoch_validation_due():
+                    self._validate_mid_epoch(batch)
                 self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
                 self._logs.close_batch()
                 should_stop, signum = self._shared_decisions()
@@ -599,12 +620,17 @@ class Trainer:
         record = {"epoch": float(self.state.epoch), **train_figures}
         if not self.state.are_epoch_batches_done(self._data.length):
             return record
-        if self.val_loader is not None:
-            record |= self._run_validation(self.val_loader)
+        validates = self.val_loader is not None and not self.state.is_validated and (
+            self.schedule.is_due_at_epoch_end(self.state)
+        )
+        if validates:
+            record |= self._validate_in_training()
         rates = self.optimization.learning_rates()
         record |= rates
         self.state.metrics.update(rates)
-        self.optimization.step_schedulers_on_epoch(self.state.metrics)
+        # A plateau scheduler reads each validation once: here when this epoch end validated.
+        is_plateau_due = validates or self.val_loader is None
+        self.optimization.step_schedulers_on_epoch(self.state.metrics, is_plateau_due)
         epoch_figures = {f"{name}_epoch": value for name, value in train_figures.items()}
         just_logged = self._logs.was_logged_at(self.state.global_step)
         epoch_figures |= {
@@ -617,6 +643,50 @@ class Trainer:
         self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
         self.state.start_next_epoch()
         return record
+
+    def _is_mid_epoch_validation_due(self) -> bool:
+        """`val_check_interval` asks for a validation at the step just taken, inside the
+        epoch (its last step validates at the epoch's end); int compares, no sync."""
+        state, length = self.state, self._data.length
+        return (
+            self.schedule.validates_mid_epoch
+            and self.val_loader is not None
+            and state.is_window_end(length)
+            and self.schedule.is_due(state)
+            and not state.is_validated
+            and not state.are_epoch_batches_done(length)
+        )
+
+    def _validate_mid_epoch(self, batch: Any) -> None:
+        """Validate at this step boundary, before `on_train_batch_end`, so every checkpoint of
+        the step holds it; the figures are logged at this step, a plateau scheduler steps."""
+        figures = self._validate_in_training()
+        self.optimization.step_plateau_schedulers(self.state.metrics)
+        self._send_to_loggers(figures)
+        self._logs.open_train_batch(batch)  # the batch's own hooks log into training again
+
+    def _validate_in_training(self) -> dict[str, float]:
+        """A validation the schedule asked for: monitor-driven callbacks act on it
+        (`schedule.is_validating`), and the state records its step once it is done."""
+        with self.schedule.validating():
+            figures = self._run_validation(self.val_loader)
+        self.state.validated_step = self.state.global_step
+        return figures
+
+    def _run_sanity_check(self) -> None:
+        """Run `num_sanity_val_steps` validation batches before training, so a broken
+        `validation_step` fails in seconds. It changes nothing of the run: no hooks, no
+        figures kept, stateful metrics reset, every random generator put back."""
+        count = self.schedule.num_sanity_val_steps
+        if self.val_loader is None or count == 0:
+            return
+        generators = capture_rng_states()  # a loader's iterator draws its seed from torch's
+        with self._in_stage("validate"):
+            for loader in each_loader(self.val_loader):
+                shard = evaluation_loader(loader, self.distributed)
+                self._run_eval_loop(first_batches(shard, count), "validate")
+                stop_persistent_workers(shard)  # the first validation starts them as without
+        restore_rng_states(generators)
 
     def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
         with self._in_stage("validate"):

@@ -389,8 +389,16 @@ def _stateful_data_loader(num_workers: int) -> Any:
     )  # fmt: skip
 
 
+def _stateful_sampler() -> DataLoader:
+    samplers = pytest.importorskip("torchdata.stateful_dataloader.sampler")
+    data = _CountedSamples()
+    sampler = samplers.StatefulDistributedSampler(data, num_replicas=1, rank=0, seed=3)
+    return DataLoader(data, batch_size=BATCH, sampler=sampler)
+
+
 OWN_STATE: dict[str, Callable[[], Any]] = {
     "StatefulDataLoader": lambda: _stateful_data_loader(0),
+    "sampler with state": _stateful_sampler,
     "StatefulDataLoader, 2 workers": lambda: _stateful_data_loader(2),
     "Hugging Face IterableDataset": _hugging_face_stream,
     "IterableDataset with state": lambda: DataLoader(_StatefulStream(), batch_size=BATCH),
@@ -453,6 +461,27 @@ def test_a_loader_with_its_own_state_resumes_mid_epoch_replaying_nothing(
         if loaded is not None:
             per_batch = 1 if loader == "own stateful loader" else BATCH
             assert loaded == (counted.count + replayed) * per_batch, (where, loaded)
+
+
+@pytest.mark.usefixtures("own_state_loaders")
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+@pytest.mark.parametrize(
+    "loader", ["StatefulDataLoader", "Hugging Face IterableDataset", "own stateful loader"]
+)
+def test_a_loader_with_its_own_state_stopped_early_continues_to_the_straight_runs_end(
+    tmp_path: Path, loader: str, stop: str
+) -> None:
+    expected = _straight(tmp_path, loader, "per step")
+    for step in (2, STEPS_PER_EPOCH + 3):
+        run_dir = tmp_path / f"{stop}-{step}"
+        if stop == "max_steps":
+            first = _trainer(run_dir, loader, "per step", max_steps=step)
+        else:
+            first = _trainer(run_dir, loader, "per step", callbacks=[_StopAt(step)])
+        first.fit()
+        resumed = _trainer(run_dir, loader, "per step")
+        resumed.fit(ckpt_path="last")
+        assert_equal_states(expected, _final_state(resumed), f"{loader}, {stop} at {step}")
 
 
 # ------------------------------------------------------------ accumulation with num_items

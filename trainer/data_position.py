@@ -161,8 +161,7 @@ class DataPosition:
         if self.is_global_zero:
             print(
                 f"trainer: resuming mid-epoch by replaying {count} batch"
-                f"{'es' * (count != 1)} of the train_loader (it keeps no state of its own; "
-                "a StatefulDataLoader resumes without replay)",
+                f"{'es' * (count != 1)} of the train_loader ({_why_replayed(self.loader)})",
                 file=sys.stderr,
             )
         from tqdm.auto import tqdm
@@ -345,6 +344,21 @@ def stateful_source(loader: Any) -> Any:
         loader.sampler,
     )
     return next((holder for holder in holders if _has_state(holder)), None)
+
+
+def _why_replayed(loader: Any) -> str:
+    """Why `loader` resumes by replay, and what would resume it without."""
+    workers = getattr(loader, "num_workers", 0)
+    holders = (getattr(loader, name, None) for name in ("dataset", "batch_sampler", "sampler"))
+    if workers and any(_has_state(holder) for holder in holders):
+        return (
+            f"the state_dict() of its data set or sampler lives in its {workers} workers; "
+            "torchdata's StatefulDataLoader gathers it from them"
+        )
+    return (
+        "it keeps no state_dict()/load_state_dict() of its own; torchdata's "
+        "StatefulDataLoader resumes without replay"
+    )
 
 
 def _has_state(holder: Any) -> bool:

@@ -353,4 +353,195 @@ def test_a_limited_run_stopped_mid_epoch_continues_to_the_straight_runs_end(
 # --------------------------------------------------------------- loaders that keep their state
 
 
+class _CountedStream(IterableDataset):
+    """The matrix's samples in order, counting those it loads (how much a resume replays)."""
+
+    def __init__(self) -> None:
+        self.data = _dataset()
+        self.loaded = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in range(SAMPLES):
+            self.loaded += 1
+            yield self.data[index]
+
+
+class _StatefulStream(_CountedStream):
+    """A stream that keeps its own position: the next pass starts after what it yielded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, self.position = self.position, 0
+        for index in range(start, SAMPLES):
+            self.loaded += 1
+            self.position = index + 1
+            yield self.data[index]
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = state["position"]
+
+
+class _ShufflingLoader:
+    """A hand-written loader without a length: batches of an order drawn from its own
+    generator as each pass starts, resumed through its state (the order and the position)."""
+
+    def __init__(self) -> None:
+        self.data = _dataset()
+        self.generator = torch.Generator().manual_seed(5)
+        self.order: list[int] = []
+        self.next_batch = 0
+        self.loaded = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.order:
+            self.order = torch.randperm(SAMPLES, generator=self.generator).tolist()
+        while self.next_batch * BATCH < SAMPLES:
+            indices = self.order[self.next_batch * BATCH : (self.next_batch + 1) * BATCH]
+            self.next_batch += 1
+            self.loaded += 1
+            yield self.data[indices]
+        self.order, self.next_batch = [], 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": list(self.order), "next_batch": self.next_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.next_batch = list(state["order"]), state["next_batch"]
+
+
+def _hugging_face_stream() -> DataLoader:
+    datasets = pytest.importorskip("datasets")
+    inputs, targets = _dataset().tensors
+    rows = datasets.Dataset.from_dict({"x": inputs.numpy(), "y": targets.numpy()})
+    stream = rows.to_iterable_dataset(num_shards=4).with_format("torch")
+    return DataLoader(stream, batch_size=BATCH, collate_fn=_as_pairs)
+
+
+def _as_pairs(rows: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = torch.stack([row["x"] for row in rows]).float()
+    return inputs, torch.stack([row["y"] for row in rows])
+
+
+class _CountedSamples(TensorDataset):
+    """The matrix's samples, counting those it loads (in this process)."""
+
+    def __init__(self) -> None:
+        super().__init__(*_dataset().tensors)
+        self.loaded = 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.loaded += 1
+        return super().__getitem__(index)
+
+
+def _stateful_data_loader(num_workers: int) -> Any:
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    return stateful.StatefulDataLoader(
+        _CountedSamples(), batch_size=BATCH, shuffle=True, num_workers=num_workers,
+        generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+
+
+def _stateful_sampler() -> DataLoader:
+    samplers = pytest.importorskip("torchdata.stateful_dataloader.sampler")
+    data = _CountedSamples()
+    sampler = samplers.StatefulDistributedSampler(data, num_replicas=1, rank=0, seed=3)
+    return DataLoader(data, batch_size=BATCH, sampler=sampler)
+
+
+OWN_STATE: dict[str, Callable[[], Any]] = {
+    "StatefulDataLoader": lambda: _stateful_data_loader(0),
+    "sampler with state": _stateful_sampler,
+    "StatefulDataLoader, 2 workers": lambda: _stateful_data_loader(2),
+    "Hugging Face IterableDataset": _hugging_face_stream,
+    "IterableDataset with state": lambda: DataLoader(_StatefulStream(), batch_size=BATCH),
+    "own stateful loader": _ShufflingLoader,
+    "IterableDataset without state": lambda: DataLoader(_CountedStream(), batch_size=BATCH),
+}
+REPLAYS = ("IterableDataset without state",)
+
+
+@pytest.fixture
+def own_state_loaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matrix's helpers build these loaders by name, for this section's tests only."""
+    for name, make in OWN_STATE.items():
+        monkeypatch.setitem(LOADERS, name, make)
+
+
+def _loaded(trainer: Trainer) -> int | None:
+    """How many samples (batches, for a loader of its own) the run's loader loaded in this
+    process; None where workers load them, or nothing counts."""
+    loader = trainer.train_loader
+    if getattr(loader, "num_workers", 0):
+        return None
+    return getattr(getattr(loader, "dataset", loader), "loaded", None)
+
+
+class _CountBatches(Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_batch_start(self, trainer: Trainer, batch: Any, batch_idx: int) -> None:
+        self.count += 1
+
+
+@pytest.mark.usefixtures("own_state_loaders")
+@pytest.mark.parametrize("loader", list(OWN_STATE))
+def test_a_loader_with_its_own_state_resumes_mid_epoch_replaying_nothing(
+    tmp_path: Path, loader: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saver = ModelCheckpoint(every_n_steps=1, every_n_epochs=0, keep_last=100, dirpath=tmp_path)
+    _trainer(tmp_path / "run", loader, checkpoint=saver).fit()
+    expected = _straight(tmp_path, loader, "per epoch")
+    files = sorted(tmp_path.glob("*.ckpt"))
+    assert any(load_checkpoint(file)["state"]["batches_in_epoch"] for file in files)
+    for file in files:
+        batches_done = load_checkpoint(file)["state"]["batches_in_epoch"]
+        capsys.readouterr()
+        folder = tmp_path / f"resumed-{file.stem}"
+        counted = _CountBatches()
+        resumed = _trainer(folder, loader, checkpoint=False, callbacks=[counted])
+        resumed.fit(ckpt_path=file)
+        where = f"{loader}, resumed from {file.name}"
+        assert_equal_states(expected, _final_state(resumed), where)
+        said = capsys.readouterr().err
+        replayed = batches_done if loader in REPLAYS else 0
+        if replayed:
+            assert said.count(f"replaying {replayed} batch") == 1, (where, said)
+        else:
+            assert "replaying" not in said, (where, said)
+        loaded = _loaded(resumed)
+        if loaded is not None:
+            per_batch = 1 if loader == "own stateful loader" else BATCH
+            assert loaded == (counted.count + replayed) * per_batch, (where, loaded)
+
+
+@pytest.mark.usefixtures("own_state_loaders")
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+@pytest.mark.parametrize(
+    "loader", ["StatefulDataLoader", "Hugging Face IterableDataset", "own stateful loader"]
+)
+def test_a_loader_with_its_own_state_stopped_early_continues_to_the_straight_runs_end(
+    tmp_path: Path, loader: str, stop: str
+) -> None:
+    expected = _straight(tmp_path, loader, "per step")
+    for step in (2, STEPS_PER_EPOCH + 3):
+        run_dir = tmp_path / f"{stop}-{step}"
+        if stop == "max_steps":
+            first = _trainer(run_dir, loader, "per step", max_steps=step)
+        else:
+            first = _trainer(run_dir, loader, "per step", callbacks=[_StopAt(step)])
+        first.fit()
+        resumed = _trainer(run_dir, loader, "per step")
+        resumed.fit(ckpt_path="last")
+        assert_equal_states(expected, _final_state(resumed), f"{loader}, {stop} at {step}")
+
+
 # ------------------------------------------------------------ accumulation with num_items

@@ -244,10 +244,13 @@ def rebuilt_loader(
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
-    for sampler in (
+    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch; so does
+    a data set with `set_epoch` (a Hugging Face `IterableDataset`, whose saved state applies
+    only to the epoch it names), as the Hugging Face Trainer tells it."""
+    for holder in (
         getattr(loader, "sampler", None),
         getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        getattr(loader, "dataset", None),
     ):
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
+        if callable(getattr(holder, "set_epoch", None)):
+            holder.set_epoch(epoch)

@@ -31,6 +31,7 @@ from trainer.checks import (
     check_loop_arguments,
     check_loss_fn,
     check_optimization_mode,
+    check_val_loader,
     compile_options,
     inputs_and_targets,
     is_finite_or_skipped,
@@ -54,6 +55,7 @@ from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
 from trainer.sampling import evaluation_loader
 from trainer.state import TrainState
+from trainer.validation_loaders import check_monitored_names, named_figures, named_loaders
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
 
@@ -117,7 +119,9 @@ class Trainer:
             `configure_optimizers()` when `fit` starts.
         loss_fn: `(outputs, targets) -> scalar tensor`, used by the default steps.
         train_loader: the training batches, usually a `DataLoader`.
-        val_loader: batches validated at every epoch end, when given.
+        val_loader: batches validated at every epoch end, when given; a dict of named
+            loaders (`{"clean": a, "noisy": b}`) validates each, its figures named
+            `val/clean/loss`, `val/noisy/acc`, ... (monitor those names).
         scheduler: an LR scheduler or a callable `optimizer -> scheduler` (with several
             optimizers: a list or dict matched to them, or one callable for all);
             `ReduceLROnPlateau` works.
@@ -168,7 +172,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         train_loader: Iterable[Any] | None = None,
-        val_loader: Iterable[Any] | None = None,
+        val_loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
         scheduler: Any = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
@@ -208,7 +212,7 @@ class Trainer:
         # Made resumable and split between ranks once: readers before fit see it as it runs.
         train_loader = check_loader(train_loader, "train_loader")
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
-        self.val_loader = evaluation_loader(val_loader, self.distributed)
+        self.val_loader = evaluation_loader(check_val_loader(val_loader), self.distributed)
         self.metric_fns = metrics_on_device(metrics, self.device)
         self.max_epochs, self.max_steps = max_epochs, max_steps
         check_loss_fn(loss_fn, self._uses_default_steps())
@@ -227,6 +231,7 @@ class Trainer:
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
+        check_monitored_names(self.callbacks, self.val_loader, self.metric_fns)
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._preemption = PreemptionWatch()
@@ -431,14 +436,18 @@ class Trainer:
                 self.callbacks.call("on_exception", self, exception)
                 raise
             finally:
-                stop_persistent_workers(self.train_loader, self.val_loader)
+                val_loaders = (loader for _, loader in named_loaders(self.val_loader))
+                stop_persistent_workers(self.train_loader, *val_loaders)
         return history
 
     def validate(
-        self, loader: Iterable[Any] | None = None, ckpt_path: str | Path | None = None
+        self,
+        loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        ckpt_path: str | Path | None = None,
     ) -> dict[str, float]:
-        """Average the loss and metrics over `loader` (the `val_loader` by default)."""
-        loader = loader if loader is not None else self.val_loader
+        """Average the loss and metrics over `loader` (the `val_loader` by default); a dict
+        of named loaders gives each loader's figures, `val/<name>/loss`, ..."""
+        loader = check_val_loader(loader, "loader") if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("validate() needs a loader: pass one, or val_loader=... to Trainer.")
         self.load_weights(ckpt_path)
@@ -597,10 +606,16 @@ class Trainer:
         self.state.start_next_epoch()
         return record
 
-    def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
+    def _run_validation(
+        self, loader: Iterable[Any] | Mapping[str, Iterable[Any]]
+    ) -> dict[str, float]:
+        """Validate on `loader`, or on each loader of a dict, one pass each, its figures
+        named after it; the hooks fire once around them all."""
         with self._in_stage("validate"):
             self.callbacks.call("on_validation_start", self)
-            figures = self._run_eval_loop(loader, "validate")
+            figures: dict[str, float] = {}
+            for name, one in named_loaders(loader):
+                figures |= named_figures(self._run_eval_loop(one, "validate"), name)
             self.state.metrics.update(figures)
             self.callbacks.call("on_validation_end", self, figures)
         return figures

@@ -238,12 +238,30 @@ def test_a_missing_monitor_lists_the_logged_names_and_the_closest(run_dir: Path)
     assert "val/clean/acc, val/clean/loss, val/noisy/acc, val/noisy/loss" in message
 
 
-def test_a_plateau_scheduler_on_val_loss_says_which_loaders_to_name(run_dir: Path) -> None:
+def test_a_plateau_scheduler_on_val_loss_fails_in_the_constructor_naming_the_choices(
+    run_dir: Path,
+) -> None:
     model = make_mlp()
+    with pytest.raises(ValueError) as excinfo:
+        make_trainer(
+            run_dir, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            val_loader={"clean": make_loader(n=8), "noisy": make_loader(n=8)},
+            scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        )  # fmt: skip
+    assert "pass scheduler_monitor= one of 'val/clean/loss', 'val/noisy/loss'" in message_of(
+        excinfo
+    )
+
+
+def test_a_plateau_scheduler_built_later_is_told_which_loaders_to_name(run_dir: Path) -> None:
+    class Configured(Trainer):
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+            return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+
     trainer = make_trainer(
-        run_dir, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        run_dir, trainer_class=Configured, optimizer=None, max_epochs=1,
         val_loader={"clean": make_loader(n=8), "noisy": make_loader(n=8)},
-        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt), max_epochs=1,
     )  # fmt: skip
     with pytest.raises(KeyError) as excinfo:
         trainer.fit()
@@ -291,3 +309,23 @@ def test_the_csv_log_has_a_column_per_loaders_figure(run_dir: Path) -> None:
     trainer.fit()
     header = (trainer.log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/clean/loss", "val/clean/acc", "val/noisy/loss", "val/noisy/acc"} <= set(header)
+
+
+def test_the_epoch_line_and_the_run_summary_name_each_loaders_figures(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer.report import fit_summary
+
+    loaders = {"clean": make_loader(n=8), "noisy": make_loader(n=8, seed=3)}
+    saver = ModelCheckpoint(monitor="val/noisy/acc", mode="max")
+    trainer = make_trainer(
+        run_dir, val_loader=loaders, progress_bar=True, checkpoint=saver, max_epochs=1
+    )
+    history = trainer.fit()
+    line = capsys.readouterr().out.splitlines()[-1]
+    figures = ["val/clean/loss", "val/clean/acc", "val/noisy/loss", "val/noisy/acc"]
+    for name in figures:
+        assert f"{name}={trainer.metrics[name]:.4f}" in line
+    summary = "\n".join(fit_summary(trainer, history))
+    assert "best epoch:    1 by val/noisy/acc" in summary
+    assert all(f"{name} " in summary for name in figures)

@@ -231,7 +231,7 @@ class Trainer:
         self.callbacks = CallbackList(
             assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
         )
-        check_monitored_names(self.callbacks, self.val_loader, self.metric_fns)
+        check_monitored_names(self.callbacks, self.optimization, self.val_loader, self.metric_fns)
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._preemption = PreemptionWatch()

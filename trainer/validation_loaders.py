@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trainer.callbacks.monitor import Monitor
+from trainer.optimization import Optimization, is_plateau, named
 
 __all__ = [
     "check_monitored_names",
@@ -57,20 +58,31 @@ def named_figures(
 
 
 def check_monitored_names(
-    callbacks: Iterable[Any], val_loader: Any, metric_names: Iterable[str]
+    callbacks: Iterable[Any],
+    optimization: Optimization,
+    val_loader: Any,
+    metric_names: Iterable[str],
 ) -> None:
-    """With several loaders, a callback that monitors `val/loss` or `val/<metric>` would
-    never see it: fail now, naming the loaders' figures to choose from, not after an epoch."""
+    """With several loaders, a callback or a `ReduceLROnPlateau` that monitors `val/loss` or
+    `val/<metric>` would never see it: fail now, naming the loaders' figures to choose from,
+    not after an epoch. (A plateau scheduler that `configure_optimizers` builds later is
+    told at its first epoch end, by the missing-metric error.)"""
     names = loader_names(val_loader)
     if not names:
         return
     unnamed = {"val/loss", *(f"val/{metric}" for metric in metric_names)}
-    for callback in callbacks:
-        monitor = getattr(callback, "monitor", None)
-        if isinstance(monitor, Monitor) and monitor.name in unnamed:
-            choices = ", ".join(repr(figure_name(monitor.name, name)) for name in names)
+    watched = [
+        (type(callback).__name__, monitor.name, "monitor")
+        for callback in callbacks
+        if isinstance(monitor := getattr(callback, "monitor", None), Monitor)
+    ]
+    if any(is_plateau(scheduler) for _, scheduler in named(optimization.schedulers or [])):
+        watched.append(("ReduceLROnPlateau", optimization.scheduler_monitor, "scheduler_monitor"))
+    for who, name, argument in watched:
+        if name in unnamed:
+            choices = ", ".join(repr(figure_name(name, loader)) for loader in names)
             raise ValueError(
-                f"{type(callback).__name__} monitors {monitor.name!r}, but val_loader is a "
-                f"dict of loaders ({', '.join(map(repr, names))}) whose figures are named per "
-                f"loader: pass monitor= one of {choices}."
+                f"{who} monitors {name!r}, but val_loader is a dict of loaders "
+                f"({', '.join(map(repr, names))}) whose figures are named per loader: "
+                f"pass {argument}= one of {choices}."
             )

@@ -34,6 +34,7 @@ __all__ = [
     "check_loss_fn",
     "check_optimization_mode",
     "check_positive_int",
+    "check_val_loader",
     "compile_options",
     "inputs_and_targets",
     "is_finite_or_skipped",
@@ -90,6 +91,29 @@ def check_loader(loader: Iterable[Any] | None, name: str) -> Iterable[Any] | Non
             "batch_size with drop_last=True does not exceed the data set's length."
         )
     return loader
+
+
+def check_val_loader(loader: Any, name: str = "val_loader") -> Any:
+    """`loader` is None, one loader, or a non-empty dict of loaders named by plain strings.
+
+    A name becomes part of every figure of its loader (`val/<name>/loss`), so it is a
+    non-empty string without `/`.
+    """
+    if not isinstance(loader, Mapping):
+        return check_loader(loader, name)
+    if not loader:
+        raise ValueError(
+            f"{name} is an empty dict; pass one loader, or a dict of named loaders such as "
+            f"{name}={{'clean': clean_dl, 'noisy': noisy_dl}}, or None for no validation."
+        )
+    for key, value in loader.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise ValueError(
+                f"{name} names its loaders by strings without '/', got {key!r}; its figures "
+                f"are named '<stage>/<loader name>/<figure>', e.g. {name}={{'clean': clean_dl}}."
+            )
+        check_loader(value, f"{name}[{key!r}]")
+    return dict(loader)
 
 
 def check_loss_fn(loss_fn: Any, uses_default_steps: bool) -> None:

@@ -14,7 +14,7 @@ Under several ranks a limit counts each rank's batches.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -158,7 +158,11 @@ class RunLimits:
 
     def validation_loader(self, loader: Any) -> Any:
         """The val_loader a run validates on: None when `limit_val_batches` is 0 (validation
-        off, as in Lightning). A fraction of a loader without a length fails here."""
+        off, as in Lightning). A fraction of a loader without a length fails here; a dict of
+        named loaders is checked loader by loader."""
+        if isinstance(loader, Mapping):
+            kept = {name: self.validation_loader(one) for name, one in loader.items()}
+            return {name: one for name, one in kept.items() if one is not None} or None
         if loader is None or self.eval_batches("validate", length_or_none(loader)) == 0:
             return None
         return loader

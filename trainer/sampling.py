@@ -17,7 +17,7 @@ data stands as a run goes (the generators' states, what a checkpoint keeps) is
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -222,10 +222,13 @@ def evaluation_loader(loader: Any, distributed: Distributed) -> Any:
     """DDP: this rank's share of an evaluation loader, without padding.
 
     FSDP runs collectives in every forward, so there each rank evaluates the whole
-    loader (same count of forwards everywhere; averages stay exact).
+    loader (same count of forwards everywhere; averages stay exact). A dict of named
+    loaders is split loader by loader.
     """
     if distributed.kind != "ddp":
         return loader
+    if isinstance(loader, Mapping):
+        return {name: evaluation_loader(one, distributed) for name, one in loader.items()}
     return shard_for_evaluation(loader, distributed.world_size, distributed.rank)
 
 

@@ -33,6 +33,7 @@ from trainer.checks import (
     check_loop_arguments,
     check_loss_fn,
     check_optimization_mode,
+    check_val_loader,
     compile_options,
     inputs_and_targets,
     is_finite_or_skipped,
@@ -63,6 +64,7 @@ from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
 from trainer.sampling import evaluation_loader
 from trainer.state import TrainState
+from trainer.validation_loaders import check_monitored_names, named_figures, named_loaders
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
 
@@ -128,7 +130,9 @@ class Trainer:
             `configure_optimizers()` when `fit` starts.
         loss_fn: `(outputs, targets) -> scalar tensor`, used by the default steps.
         train_loader: the training batches, usually a `DataLoader`.
-        val_loader: batches validated at every epoch end, when given.
+        val_loader: batches validated at every epoch end, when given; a dict of named
+            loaders (`{"clean": a, "noisy": b}`) validates each, its figures named
+            `val/clean/loss`, `val/noisy/acc`, ... (monitor those names).
         scheduler: an LR scheduler or a callable `optimizer -> scheduler` (with several
             optimizers: a list or dict matched to them, or one callable for all);
             `ReduceLROnPlateau` works.
@@ -187,7 +191,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         train_loader: Iterable[Any] | None = None,
-        val_loader: Iterable[Any] | None = None,
+        val_loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
         scheduler: Any = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
@@ -240,7 +244,7 @@ class Trainer:
         train_loader = self.limits.training_loader(check_loader(train_loader, "train_loader"))
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
         self._data.limit_to(self.limits.train_batches(self._data.loader_length))
-        val_loader = evaluation_loader(val_loader, self.distributed)
+        val_loader = evaluation_loader(check_val_loader(val_loader), self.distributed)
         self.val_loader = self.limits.validation_loader(val_loader)  # None: limit_val_batches=0
         self.metric_fns = metrics_on_device(metrics, self.device)
         setting = self.limits.setting  # a dev run validates once and runs no sanity pass
@@ -266,6 +270,7 @@ class Trainer:
             with_timer(callbacks, max_time), progress_bar, logger, checkpoint,
             self.is_global_zero, writes_files=self.limits.writes_files,
         ))  # fmt: skip
+        check_monitored_names(self.callbacks, self.optimization, self.val_loader, self.metric_fns)
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._preemption = PreemptionWatch()
@@ -471,14 +476,18 @@ class Trainer:
                 self.callbacks.call("on_exception", self, exception)
                 raise
             finally:
-                stop_persistent_workers(self.train_loader, self.val_loader)
+                val_loaders = (loader for _, loader in named_loaders(self.val_loader))
+                stop_persistent_workers(self.train_loader, *val_loaders)
         return history
 
     def validate(
-        self, loader: Iterable[Any] | None = None, ckpt_path: str | Path | None = None
+        self,
+        loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        ckpt_path: str | Path | None = None,
     ) -> dict[str, float]:
-        """Average the loss and metrics over `loader` (the `val_loader` by default)."""
-        loader = loader if loader is not None else self.val_loader
+        """Average the loss and metrics over `loader` (the `val_loader` by default); a dict
+        of named loaders gives each loader's figures, `val/<name>/loss`, ..."""
+        loader = check_val_loader(loader, "loader") if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("validate() needs a loader: pass one, or val_loader=... to Trainer.")
         self.load_weights(ckpt_path)
@@ -688,10 +697,16 @@ class Trainer:
                 stop_persistent_workers(shard)  # the first validation starts them as without
         restore_rng_states(generators)
 
-    def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
+    def _run_validation(
+        self, loader: Iterable[Any] | Mapping[str, Iterable[Any]]
+    ) -> dict[str, float]:
+        """Validate on `loader`, or on each loader of a dict, one pass each, its figures
+        named after it; the hooks fire once around them all."""
         with self._in_stage("validate"):
             self.callbacks.call("on_validation_start", self)
-            figures = self._run_eval_loop(loader, "validate")
+            figures: dict[str, float] = {}
+            for name, one in named_loaders(loader):
+                figures |= named_figures(self._run_eval_loop(one, "validate"), name)
             self.state.metrics.update(figures)
             self.callbacks.call("on_validation_end", self, figures)
         return figures

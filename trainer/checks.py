@@ -216,7 +216,8 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
     if owns_update:
         if outputs is None:
             return {}
-        return dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
+        outputs = dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
+        return _with_checked_items(outputs)
     if isinstance(outputs, torch.Tensor):
         outputs = {"loss": outputs}
     elif outputs is None:
@@ -245,6 +246,28 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
             "the loss does not require grad: it was computed without autograd (under "
             "torch.no_grad(), from detached tensors, or from a model whose parameters are "
             "all frozen)."
+        )
+    return _with_checked_items(outputs)
+
+
+def _with_checked_items(outputs: dict[str, Any]) -> dict[str, Any]:
+    """`outputs` with its `num_items`, if any, checked: a positive int or a 0-d tensor (kept
+    on its device, detached; its value is not read, which would cost a host sync)."""
+    items = outputs.get("num_items")
+    if items is None:
+        return outputs
+    if isinstance(items, torch.Tensor):
+        if items.numel() != 1 or items.is_complex() or items.dtype == torch.bool:
+            raise ValueError(
+                f"training_step returned num_items as a {items.dtype} tensor of shape "
+                f"{tuple(items.shape)}; return the count of items the loss averages as an "
+                "int or a 0-d tensor, e.g. mask.sum()."
+            )
+        outputs["num_items"] = items.detach().reshape(())
+    elif isinstance(items, bool) or not isinstance(items, int) or items <= 0:
+        raise ValueError(
+            f"training_step returned num_items={items!r}; it must be the count of items the "
+            "loss averages (tokens, samples): a positive int or a 0-d tensor."
         )
     return outputs
 

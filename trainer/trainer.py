@@ -255,7 +255,7 @@ class Trainer:
         )  # fmt: skip
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
-        self._logs = LogBook(log_every_n_steps)
+        self._logs = LogBook(log_every_n_steps, self.device)
         self.optimization = Optimization(
             self.model, self.precision, self.state, self._logs, self.sharding,
             self._before_optimizer_step, scheduler=scheduler, clip_val=gradient_clip_val,
@@ -551,16 +551,17 @@ class Trainer:
         with self.sharding.no_sync(is_window_end):
             with self.precision.autocast():
                 outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
-            self._logs.count_samples(outputs.pop("batch_size", None))  # the step knows better
+            num_items = outputs.get("num_items")  # what the loss averages, when not samples
+            self._logs.count_samples(outputs.pop("batch_size", None), num_items)
             loss = outputs.get("loss")
             # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
             is_used = self.nan_policy != "skip" or is_finite_or_skipped(loss, self.state)
             if owns_update:
                 pass  # the step ran its own backward passes and steps
             elif is_used:
-                self.optimization.backward(loss)
+                self.optimization.accumulate(loss, num_items)  # weighed by its items
             else:  # other ranks still expect this one in the gradient all-reduce
-                self.sharding.contribute_no_gradient()
+                self.optimization.leave_out(num_items)
         if isinstance(loss, torch.Tensor):
             outputs["loss"] = loss = loss.detach()
             if is_used and self.log_loss_as:

@@ -100,8 +100,10 @@ class LoopSchedule:
                 "val_check_interval=500."
             )
         self.every_n_steps = val_check_interval if is_steps else None
+        # Batches between validations, as a fraction: 0.5 of 5 batches validates after
+        # batch 3 (the first boundary past 2.5) and at the end, not after 2, 4 and 5.
         self.every_n_batches = (
-            max(1, int(epoch_length * val_check_interval))
+            round(epoch_length * val_check_interval, 9)  # 0.1 * 30 is 3, not 3.0000000000000004
             if is_fraction and epoch_length is not None
             else None
         )
@@ -123,6 +125,7 @@ class LoopSchedule:
         if self.every_n_batches is None or not self._is_validated_epoch(state.epoch):
             return False
         done, every = state.batches_in_epoch, self.every_n_batches
+        # Due when this window crossed one of the epoch's fraction points.
         return done // every > (done - state.batches_in_window) // every
 
     def is_due_at_epoch_end(self, state: TrainState) -> bool:

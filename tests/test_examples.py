@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from trainer import cli
 from trainer.checkpoint import load_checkpoint
@@ -267,3 +268,24 @@ def test_an_average_of_the_weights_validates_better_than_the_weights() -> None:
     figures = run_example("ema_digits", "--epochs", "4")
     assert figures["ema_val_loss"] < figures["plain_val_loss"]
     assert figures["ema_val_acc"] >= figures["plain_val_acc"]
+
+
+def test_the_stream_language_model_trains_by_steps_and_resumes_the_stream_exactly() -> None:
+    straight = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/straight"
+    )
+    assert straight["steps"] == 40
+    assert straight["metrics"]["val/bits_per_char"] < straight["chance_bits"] - 1.0
+    assert straight["metrics"]["train/items_per_sec"] > 0  # characters per second
+    stopped = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/cut",
+        "--max-time", "0.5",
+    )  # fmt: skip
+    assert 0 < stopped["steps"] < 40, "the time budget did not stop the run"
+    resumed = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/cut",
+        "--ckpt-path", "last",
+    )  # fmt: skip
+    assert resumed["steps"] == 40
+    for name, tensor in straight["weights"].items():
+        assert torch.equal(tensor, resumed["weights"][name]), name

@@ -207,7 +207,7 @@ def test_max_time_stops_with_a_checkpoint_and_a_resume_gets_its_own_budget(
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [(90, 90.0), (1.5, 1.5), ("00:01:00:30", 3630.0), ("01:00:00:00", 86400.0),
-     (timedelta(minutes=2), 120.0)],
+     (timedelta(minutes=2), 120.0), ("90", 90.0)],
 )  # fmt: skip
 def test_durations_read_as_seconds(value: Any, seconds: float) -> None:
     assert parse_duration(value, "max_time") == seconds

@@ -31,6 +31,7 @@ DEFAULT_SANITY_VAL_STEPS = 2
 """Two batches, as in Lightning: enough to run every line of a `validation_step` (and a
 metric's reduction over more than one batch), cheap enough to stay inside start-up's budget."""
 
+_SECONDS = re.compile(r"\d+(?:\.\d*)?")
 _DURATION = re.compile(r"(\d+):(\d+):(\d+):(\d+(?:\.\d*)?)")
 
 
@@ -43,6 +44,8 @@ def parse_duration(value: Any, name: str) -> float | None:
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
+    elif isinstance(value, str) and _SECONDS.fullmatch(value.strip()):
+        seconds = float(value)  # "90" from a command line means seconds, as 90 does
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         days, hours, minutes, rest = match.groups()
         seconds = timedelta(

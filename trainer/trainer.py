@@ -83,6 +83,7 @@ class Trainer:
             restore the checkpoint, if any            -> on_load_checkpoint
             or, starting from scratch, seed_everything(seed) when a seed is given
             on_fit_start
+            sanity pass: num_sanity_val_steps val batches, no hooks, no figures, RNG put back
             while epochs and steps remain and not should_stop:
                 on_train_epoch_start
                 for batch_idx, batch in train_loader (a resumed epoch skips what it consumed;
@@ -92,8 +93,11 @@ class Trainer:
                         # automatic_optimization = False: the step calls self.backward and
                         # self.step(optimizer), which do the update below per optimizer;
                         # global_step counts batches, gradients are cleared at window ends
-                    backward(loss / accumulate_grad_batches)    # DDP: all-reduce at window end
+                    backward(loss * n / n_first / accumulate_grad_batches)  # DDP: all-reduce
+                        # n: the step's num_items, else its batch size; n / n_first is 1 and
+                        # skipped when the window's counts are equal
                     if the accumulation window is full or the epoch's batches are done:
+                        gradients *= n_first * window / sum(n), when the counts differ
                         unscale gradients, clip them to gradient_clip_val (by total norm,
                                           or each value: gradient_clip_algorithm)
                         on_before_optimizer_step(optimizer)
@@ -102,12 +106,15 @@ class Trainer:
                         global_step += 1
                         every log_every_n_steps steps: on_log(step figures, global_step)
                                       # loss, lr, samples/s, grad norm when clipped or asked
+                        if val_check_interval says this step (inside the epoch):
+                            validation as below, on_log(val figures); ReduceLROnPlateau steps
                     on_train_batch_end(outputs, batch, batch_idx)
                     at a step boundary, leave the epoch if should_stop or max_steps is reached
+                                      # max_time spent (Timer): should_stop
                     on SIGTERM/SIGINT: save a checkpoint here, raise TrainingInterrupted
                     (several ranks agree on should_stop and signals at log steps and epoch ends)
                 if the epoch's batches are all done (a cut-short epoch ends when resumed):
-                    if val_loader:
+                    if val_loader and this epoch end is due (check_val_every_n_epoch):
                         on_validation_start
                         validation_step(batch, batch_idx) per batch   # eval(), inference_mode
                                                     # (the first limit_val_batches)
@@ -116,7 +123,7 @@ class Trainer:
                     on_log(epoch figures, global_step)   # on_log fires on rank 0 only
                     on_train_epoch_end            # ModelCheckpoint saves -> on_save_checkpoint
             on_train_end                          # ModelCheckpoint saves a state not yet saved
-            if the last epoch was cut short and val_loader: validation as above, on_log
+            if val_loader and the last step was not validated: validation as above, on_log
             wait for checkpoint files to be fsynced and renamed into place (done in background)
             on_fit_end
         on any exception: on_exception(exception), then it propagates
@@ -171,6 +178,15 @@ class Trainer:
             arguments.
         log_grad_norm: log `train/grad_norm` at log steps even without clipping.
         strategy: `"auto"`, `"ddp"`, `"fsdp"` or a `Distributed`; torchrun sets the ranks.
+        val_check_interval: an int validates every N optimizer steps, counted across epochs
+            (streams too); a float in (0, 1] at that fraction of each epoch; None: at epoch
+            ends. Monitor-driven callbacks act on every validation.
+        check_val_every_n_epoch: validate at the end of every N-th epoch (None: never).
+        num_sanity_val_steps: validation batches run before training, so a broken
+            `validation_step` fails in seconds; they change nothing of the run (0: none).
+        max_time: a wall-clock budget for this process's training (seconds,
+            `"DD:HH:MM:SS"` or a `timedelta`); once spent, training stops at the next step
+            boundary with a checkpoint to resume from.
 
     Example:
         >>> trainer = Trainer(model, optimizer=torch.optim.AdamW(model.parameters()),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_mlp, make_trainer
+from conftest import make_loader, make_mlp, make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
@@ -298,3 +298,32 @@ def test_peak_memory_is_logged_on_cuda_per_log_interval(run_dir: Path) -> None:
                  device="cuda", log_every_n_steps=2, callbacks=[figures]).fit()  # fmt: skip
     peaks = [logged[PEAK_MEMORY] for logged in figures.by_step.values()]
     assert peaks and all(0 < peak < 1 for peak in peaks), peaks
+
+
+class _PoisonsBatch(Trainer):
+    poisoned = 1
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if batch_idx == self.poisoned else loss
+
+
+@pytest.mark.parametrize("poisoned", [0, 1], ids=["first of the window", "last of the window"])
+def test_a_skipped_micro_batch_leaves_the_step_to_the_windows_other_items(
+    run_dir: Path, poisoned: int
+) -> None:
+    """`nan_policy="skip"` on one process: the window steps on the mean over the items it
+    kept, as a hand-written step on the other batch alone does."""
+    _PoisonsBatch.poisoned = poisoned
+    model = make_mlp()
+    loader = make_loader(n=16, batch_size=8)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        make_trainer(run_dir, model, _PoisonsBatch, train_loader=loader, val_loader=None,
+                     metrics=None, accumulate_grad_batches=2, nan_policy="skip",
+                     max_epochs=1).fit()  # fmt: skip
+    by_hand = make_mlp()
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    inputs, targets = list(loader)[1 - poisoned]
+    nn.CrossEntropyLoss()(by_hand(inputs), targets).backward()
+    optimizer.step()
+    assert _largest_difference(model, by_hand) <= 1e-7

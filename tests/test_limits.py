@@ -90,7 +90,7 @@ def _recorder(loader: str | Any, window: int = 1, **options: Any) -> _Recorder:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     settings: dict[str, Any] = dict(
         max_epochs=EPOCHS, accumulate_grad_batches=window, progress_bar=False, logger=False,
-        checkpoint=False, device="cpu", run_dir="runs",
+        checkpoint=False, device="cpu", run_dir="runs", num_sanity_val_steps=0,
         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
         val_loader=DataLoader(_dataset(), batch_size=BATCH),
     )  # fmt: skip

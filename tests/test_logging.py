@@ -218,6 +218,10 @@ def test_default_hparams_are_the_plain_options_and_the_objects_names(
         "check_val_every_n_epoch": 1,
         "num_sanity_val_steps": 2,
         "max_time": None,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "overfit_batches": 0,
+        "fast_dev_run": False,
     }
 
 

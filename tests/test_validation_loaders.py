@@ -179,7 +179,8 @@ def _scripted(run_dir: Path, script: dict[str, list[float]], **options: Any) -> 
     loaders = {name: make_loader(n=4, batch_size=4) for name in script}
     return make_trainer(
         run_dir, trainer_class=_ScriptedValidation, script=script, val_loader=loaders,
-        metrics=None, max_epochs=len(next(iter(script.values()))), **options,
+        metrics=None, max_epochs=len(next(iter(script.values()))), num_sanity_val_steps=0,
+        **options,
     )  # fmt: skip
 
 

@@ -68,12 +68,17 @@ class WindowItems:
         self._is_uneven = True
         return items / self._reference
 
-    def leave_out(self, is_reported: bool) -> None:
-        """A micro-batch left out (a non-finite loss) counts no items; in a window whose
-        counts are shared it still takes part in the all-reduces the other ranks make."""
+    def leave_out(self, items: Count, is_reported: bool) -> None:
+        """A micro-batch left out (a non-finite loss) adds no gradient. On one process, or in
+        a window whose counts are shared, it adds no items either, and a shared window still
+        takes part in the all-reduces the other ranks make. Under DDP with counts nobody
+        reported, its `items` still count: the factor must be the same on every rank and no
+        rank knows of another's left-out batch, so it stands as a batch of zero gradient."""
         is_shared = self._is_shared if self._reference is not None else is_reported
         if is_shared and self.world_size > 1:
             self.weight(0, is_reported=True)
+        elif self.world_size > 1:
+            self.weight(items, is_reported=False)
 
     def end_window(self) -> float | torch.Tensor | None:
         """The factor that makes the window's gradients those of the mean over all its items

@@ -285,7 +285,10 @@ class Optimization:
     def leave_out(self, num_items: Count | None) -> None:
         """The automatic loop leaves a micro-batch out (a non-finite loss): it adds no items
         and no gradient, yet takes part in what the other ranks' batches all-reduce."""
-        self.items.leave_out(num_items is not None)
+        is_reported = num_items is not None
+        if not self.items.is_trivial(is_reported):
+            items = num_items if is_reported else self.logs.batch_size
+            self.items.leave_out(items, is_reported)  # type: ignore[arg-type]
         self.sharding.contribute_no_gradient()
 
     def step(

@@ -116,7 +116,7 @@ class Trainer:
                 if the epoch's batches are all done (a cut-short epoch ends when resumed):
                     if val_loader and this epoch end is due (check_val_every_n_epoch):
                         on_validation_start
-                        validation_step(batch, batch_idx) per batch   # eval(), inference_mode
+                        validation_step(batch, batch_idx) per batch   # eval(), no autograd
                                                     # (the first limit_val_batches)
                         on_validation_end(val figures)
                     scheduler.step()              # "epoch"; ReduceLROnPlateau gets its monitor
@@ -747,7 +747,7 @@ class Trainer:
         if stage != "predict":  # predictions stay whole and in order on every rank
             loader = evaluation_loader(loader, self.distributed)
         self._logs.start_evaluation()
-        with _kept_module_modes(self.model), torch.inference_mode():
+        with _kept_module_modes(self.model), self.sharding.without_autograd():
             self.model.eval()
             batches = batches_on_device(
                 self.limits.first_batches(loader, stage), self.device, self.precision.input_dtype

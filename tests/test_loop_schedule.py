@@ -255,3 +255,30 @@ def test_hparams_keep_the_schedule(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, val_check_interval=3, max_time=timedelta(hours=1))
     assert trainer.hparams["val_check_interval"] == 3
     assert "1:00:00" in str(trainer.hparams["max_time"])
+
+
+class _Figures(Callback):
+    def __init__(self) -> None:
+        self.validations: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.validations.append(dict(metrics))
+
+
+def test_each_epochs_record_carries_its_last_validation(tmp_path: Path) -> None:
+    """An epoch that validated only inside (every 3 of its 5 steps) keeps its last
+    validation's figures; one that validated nowhere has none; a run stopped by max_steps
+    mid-epoch ends with the figures of its last step."""
+    figures = _Figures()
+    trainer = make_trainer(
+        tmp_path, train_loader=_loader("sized"), callbacks=[figures], max_epochs=3, max_steps=12,
+        val_check_interval=3, num_sanity_val_steps=0,
+    )  # fmt: skip
+    history = trainer.fit()  # validations at steps 3 (epoch 0), 6, 9 (epoch 1), 12 (epoch 2)
+    assert len(figures.validations) == 4 and len(history) == 3
+    assert history[0]["val/loss"] == figures.validations[0]["val/loss"]
+    assert history[1]["val/loss"] == figures.validations[2]["val/loss"]
+    assert history[2]["val/loss"] == figures.validations[3]["val/loss"]
+    every_other = make_trainer(tmp_path, max_epochs=2, check_val_every_n_epoch=2,
+                               num_sanity_val_steps=0).fit()  # fmt: skip
+    assert "val/loss" not in every_other[0] and "val/loss" in every_other[1]

@@ -272,6 +272,8 @@ class Trainer:
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
         self._logs = LogBook(log_every_n_steps, self.device)
+        self._epoch_validation: dict[str, float] = {}  # this epoch's latest validation, for
+        # its record
         self.optimization = Optimization(
             self.model, self.precision, self.state, self._logs, self.sharding,
             self._before_optimizer_step, scheduler=scheduler, clip_val=gradient_clip_val,
@@ -451,7 +453,8 @@ class Trainer:
         """Train until `max_epochs` or `max_steps`; `ckpt_path` resumes a saved run.
 
         Returns one record per epoch: `epoch`, the epoch means of training figures such as
-        `train/loss`, the validation figures and the learning rate. The run's folder
+        `train/loss`, the figures of the epoch's last validation (at its end, or inside it
+        with `val_check_interval`) and the learning rate. The run's folder
         (`log_dir`) is chosen here: a new `run_dir/version_N`, or the one `ckpt_path` continues.
 
         Raises:
@@ -643,7 +646,8 @@ class Trainer:
         train_figures = self.distributed.reduce_means(self._logs.train)
         self._check_finite_loss(train_figures.get(self.log_loss_as or "train/loss"))
         self.state.metrics.update(train_figures)
-        record = {"epoch": float(self.state.epoch), **train_figures}
+        record = {"epoch": float(self.state.epoch), **train_figures, **self._epoch_validation}
+        self._epoch_validation = {}
         if not self.state.are_epoch_batches_done(self._data.length):
             return record
         validates = self.val_loader is not None and not self.state.is_validated and (
@@ -667,6 +671,7 @@ class Trainer:
         self._send_to_loggers(epoch_figures)
         self.callbacks.call("on_train_epoch_end", self)
         self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
+        self._epoch_validation = {}
         self.state.start_next_epoch()
         return record
 
@@ -697,6 +702,7 @@ class Trainer:
         with self.schedule.validating():
             figures = self._run_validation(self.val_loader)
         self.state.validated_step = self.state.global_step
+        self._epoch_validation = figures
         return figures
 
     def _run_sanity_check(self) -> None:

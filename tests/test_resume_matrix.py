@@ -534,11 +534,6 @@ def test_several_val_loaders_stopped_early_continue_to_the_straight_runs_end(
         assert_equal_states(expected, _final_state(resumed), f"{loader}, stopped at {step}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stop EarlyStopping decides at an epoch's end is not in the checkpoint saved "
-    "there: the resumed run trains on (a finding of the several-loaders matrix)",
-)
 def test_several_val_loaders_resumed_where_early_stopping_fired_stays_stopped(
     tmp_path: Path,
 ) -> None:
@@ -550,6 +545,10 @@ def test_several_val_loaders_resumed_where_early_stopping_fired_stays_stopped(
     resumed = _several_loaders_trainer(tmp_path / "resumed", "shuffle", patience=1)
     resumed.fit(ckpt_path=last)
     assert (resumed.epoch, resumed.global_step) == (run.epoch, run.global_step)
+    assert_equal_states(_final_state(run), _final_state(resumed), "resumed where it stopped")
+    patient = _several_loaders_trainer(tmp_path / "patient", "shuffle", patience=5)
+    patient.fit(ckpt_path=last)  # a larger patience trains on
+    assert patient.global_step > run.global_step
 
 
 # --------------------------------------------------------------- loaders that keep their state

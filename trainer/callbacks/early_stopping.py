@@ -53,6 +53,27 @@ class EarlyStopping(Callback):
         self.judged_step = -1
         self._counts = "epochs"  # what `wait` counts, for the message: epochs or validations
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self._is_loaded = False  # state came from a checkpoint, for this fit() to act on
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Resumed from the checkpoint of the step at which it stopped the run, the run
+        stays stopped, as the straight run did; a larger `patience` trains on. (A second
+        `fit()` in the same process trains on: it asks for more.)"""
+        is_resumed_where_stopped = (
+            self._is_loaded
+            and self.stopped_step == trainer.global_step
+            and self.wait >= self.patience
+        )
+        self._is_loaded = False
+        if is_resumed_where_stopped:
+            assert self.stopped_epoch is not None
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                write_line(
+                    f"EarlyStopping ended this run at step {self.stopped_step} (epoch "
+                    f"{self.stopped_epoch + 1}), where its checkpoint was saved: nothing more "
+                    f"to train. A larger patience than {self.patience} trains on."
+                )
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After a `val_check_interval` validation inside an epoch: judge it."""
@@ -146,3 +167,4 @@ class EarlyStopping(Callback):
         self.stopped_step = state.get("stopped_step")
         self.judged_step = int(state.get("judged_step", -1))
         self._best_weights = state.get("best_weights")
+        self._is_loaded = True

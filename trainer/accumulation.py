@@ -36,15 +36,14 @@ class WindowItems:
 
     def __init__(self, window: int, world_size: int = 1, device: torch.device | None = None):
         self.window, self.world_size, self.device = window, world_size, device
+        # Whether weighing can change anything, by whether the step reported its count: one
+        # micro-batch per step on one process never does, nor under DDP with counts nobody
+        # reported (the same batch sizes on every rank). Attributes: asked at every batch.
+        self.weighs = {False: window > 1, True: window > 1 or world_size > 1}
         self._reference: Count | None = None  # the window's first count: None before it
         self._total: Count = 0
         self._is_uneven = False
         self._is_shared = False  # this window's counts are all-reduced over the ranks
-
-    def is_trivial(self, is_reported: bool) -> bool:
-        """No weighing can change anything: one micro-batch per step on one process (or
-        with counts nobody reported, which are the same on every rank)."""
-        return self.window == 1 and (self.world_size == 1 or not is_reported)
 
     def weight(self, items: Count, is_reported: bool) -> float | torch.Tensor | None:
         """Record a micro-batch's count; return its loss's factor `n_i / n_ref` (None for 1).

@@ -217,7 +217,7 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
         if outputs is None:
             return {}
         outputs = dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
-        return _with_checked_items(outputs)
+        return _with_checked_items(outputs) if "num_items" in outputs else outputs
     if isinstance(outputs, torch.Tensor):
         outputs = {"loss": outputs}
     elif outputs is None:
@@ -247,7 +247,7 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
             "torch.no_grad(), from detached tensors, or from a model whose parameters are "
             "all frozen)."
         )
-    return _with_checked_items(outputs)
+    return _with_checked_items(outputs) if "num_items" in outputs else outputs
 
 
 def _with_checked_items(outputs: dict[str, Any]) -> dict[str, Any]:

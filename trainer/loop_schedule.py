@@ -114,11 +114,9 @@ class LoopSchedule:
         self.every_n_epochs = None if is_steps else check_val_every_n_epoch
         self.num_sanity_val_steps = num_sanity_val_steps
         self.is_validating = False
-
-    @property
-    def validates_mid_epoch(self) -> bool:
-        """Whether any validation can fall inside an epoch (an interval was given)."""
-        return self.every_n_steps is not None or self.every_n_batches is not None
+        # Whether any validation can fall inside an epoch (an interval was given): a plain
+        # attribute, as the loop asks it at every batch.
+        self.validates_mid_epoch = self.every_n_steps is not None or self.every_n_batches is not None
 
     def is_due(self, state: TrainState) -> bool:
         """The step just taken (the batch in flight closed a window) is one the interval

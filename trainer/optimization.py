@@ -275,7 +275,7 @@ class Optimization:
         `num_items` its step reported, else its batch size), so the window's step is one on
         all of the window's items."""
         is_reported = num_items is not None
-        if not self.items.is_trivial(is_reported):
+        if self.items.weighs[is_reported]:
             items = num_items if is_reported else self.logs.batch_size
             weight = self.items.weight(items, is_reported)  # type: ignore[arg-type]
             if weight is not None:
@@ -286,7 +286,7 @@ class Optimization:
         """The automatic loop leaves a micro-batch out (a non-finite loss): it adds no items
         and no gradient, yet takes part in what the other ranks' batches all-reduce."""
         is_reported = num_items is not None
-        if not self.items.is_trivial(is_reported):
+        if self.items.weighs[is_reported]:
             items = num_items if is_reported else self.logs.batch_size
             self.items.leave_out(items, is_reported)  # type: ignore[arg-type]
         self.sharding.contribute_no_gradient()
@@ -305,7 +305,7 @@ class Optimization:
         hook runs, the optimizer steps, gradients are zeroed and a step scheduler steps. A
         step the GradScaler skipped for inf/nan gradients is counted and not scheduled.
         """
-        factor = self.items.end_window()
+        factor = self.items.end_window() if self.items.weighs[True] else None
         batches = self.state.batches_in_window
         if factor is None and batches < self.state.window:
             factor = self.state.window / batches

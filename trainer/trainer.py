@@ -545,7 +545,7 @@ class Trainer:
                 self._logs.open_train_batch(batch)
                 self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
                 outputs = self._run_train_batch(batch, batch_idx)
-                if self._is_mid_epoch_validation_due():
+                if self.schedule.validates_mid_epoch and self._is_mid_epoch_validation_due():
                     self._validate_mid_epoch(batch)
                 self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
                 self._logs.close_batch()
@@ -680,8 +680,7 @@ class Trainer:
         epoch (its last step validates at the epoch's end); int compares, no sync."""
         state, length = self.state, self._data.length
         return (
-            self.schedule.validates_mid_epoch
-            and self.val_loader is not None
+            self.val_loader is not None
             and state.is_window_end(length)
             and self.schedule.is_due(state)
             and not state.is_validated

@@ -116,7 +116,9 @@ class LoopSchedule:
         self.is_validating = False
         # Whether any validation can fall inside an epoch (an interval was given): a plain
         # attribute, as the loop asks it at every batch.
-        self.validates_mid_epoch = self.every_n_steps is not None or self.every_n_batches is not None
+        self.validates_mid_epoch = (
+            self.every_n_steps is not None or self.every_n_batches is not None
+        )
 
     def is_due(self, state: TrainState) -> bool:
         """The step just taken (the batch in flight closed a window) is one the interval

@@ -58,8 +58,9 @@ class Timer(Callback):
             trainer.should_stop = True
             if trainer.is_global_zero:
                 write_line(
-                    f"Stopping: max_time {self.budget()} spent at optimizer step "
-                    f"{trainer.global_step}; fit(ckpt_path='last') continues the run."
+                    f"Stopping: max_time {self.budget()} spent after {trainer.global_step} "
+                    "optimizer steps; training stops at the next step boundary with a "
+                    "checkpoint, and resuming with ckpt_path='last' continues the run."
                 )
 
     def budget(self) -> str:

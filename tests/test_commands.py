@@ -156,3 +156,16 @@ def test_lr_find_from_a_checkpoint_starts_from_its_trained_weights(tmp_path: Pat
     untrained = _first_loss_of_a_sweep(run_dir, None)
     trained = _first_loss_of_a_sweep(run_dir, "last")
     assert trained < 0.75 * untrained  # two epochs of digits (1.3), initial weights (2.4)
+
+
+def test_a_config_whose_data_gives_several_val_loaders_fits_and_validates_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = REPO / "configs" / "digits_noisy_val.yaml"
+    commands.fit(job_of(config, tmp_path), ckpt_path=None)
+    printed = capsys.readouterr().out
+    assert "best epoch:" in printed and "by val/noisy/acc" in printed
+    commands.validate(job_of(config, tmp_path), ckpt_path="best")
+    figures = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert set(figures) == {"val/clean/loss", "val/clean/acc", "val/noisy/loss", "val/noisy/acc"}
+    assert float(figures["val/noisy/acc"]) < float(figures["val/clean/acc"])

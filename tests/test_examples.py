@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from trainer import cli
 from trainer.checkpoint import load_checkpoint
@@ -219,7 +220,11 @@ def test_an_example_runs_as_python_examples_name(tmp_path: Path) -> None:
 QUICK = {
     "transfer_learning.yaml": ["--data.train_size", "64"],
     "digits_cnn.yaml": ["--data.augment", "false"],
+    "char_lm_steps.yaml": ["--trainer.max_steps", "30", "--trainer.val_check_interval", "10"],
 }
+# A config that trains by steps on an endless stream ends inside its first epoch.
+BY_STEPS = {"char_lm_steps.yaml": "0 epochs and 60 batches of epoch 1, 30 optimizer steps "
+                                  "(max_steps 30 reached)"}  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -232,7 +237,10 @@ def test_every_config_trains_through_the_command_line(
         "--trainer.progress_bar", "false", *QUICK.get(config, []),
     ]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
-    assert "trained:       1 epochs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"trained:       {BY_STEPS.get(config, '1 epochs')}" in printed
+    if config in BY_STEPS:  # its record carries the validation at its last step
+        assert "final metrics: " in printed and "val/loss" in printed.split("final metrics:")[1]
 
 
 def test_the_linear_regression_config_prints_the_weight_reaching_two(
@@ -267,3 +275,24 @@ def test_an_average_of_the_weights_validates_better_than_the_weights() -> None:
     figures = run_example("ema_digits", "--epochs", "4")
     assert figures["ema_val_loss"] < figures["plain_val_loss"]
     assert figures["ema_val_acc"] >= figures["plain_val_acc"]
+
+
+def test_the_stream_language_model_trains_by_steps_and_resumes_the_stream_exactly() -> None:
+    straight = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/straight"
+    )
+    assert straight["steps"] == 40
+    assert straight["metrics"]["val/bits_per_char"] < straight["chance_bits"] - 1.0
+    assert straight["metrics"]["train/items_per_sec"] > 0  # characters per second
+    stopped = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/cut",
+        "--max-time", "0.5",
+    )  # fmt: skip
+    assert 0 < stopped["steps"] < 40, "the time budget did not stop the run"
+    resumed = run_example(
+        "char_lm_stream", "--max-steps", "40", "--val-every", "10", "--run-dir", "runs/cut",
+        "--ckpt-path", "last",
+    )  # fmt: skip
+    assert resumed["steps"] == 40
+    for name, tensor in straight["weights"].items():
+        assert torch.equal(tensor, resumed["weights"][name]), name

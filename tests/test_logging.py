@@ -214,6 +214,14 @@ def test_default_hparams_are_the_plain_options_and_the_objects_names(
         "nan_policy": "raise",
         "log_grad_norm": False,
         "strategy": "auto",
+        "val_check_interval": None,
+        "check_val_every_n_epoch": 1,
+        "num_sanity_val_steps": 2,
+        "max_time": None,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "overfit_batches": 0,
+        "fast_dev_run": False,
     }
 
 
@@ -295,3 +303,24 @@ def test_a_value_logged_once_is_written_once(run_dir: Path) -> None:
     with_once = [step for step, names in written.steps if "train/once" in names]
     assert with_once == [1]  # the first step's figures only
     assert [step for step, names in written.steps if "train/once_epoch" in names] == [5]
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "epochs"])
+def test_the_bar_says_validating_only_while_it_validates_and_closes_where_training_stops(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], stop: str
+) -> None:
+    """Validations every 2 steps inside 10-batch epochs, then a stop inside an epoch
+    (max_steps 13) or at the last epoch's end: the bar names each validation once, shows the
+    step, and is closed before `fit` returns, so what is printed next starts a line."""
+    bar = ProgressBar(force=True, refresh_rate=1e6, summary=False)
+    until = {"max_steps": 13} if stop == "max_steps" else {"max_epochs": 2}
+    trainer = make_trainer(
+        run_dir, progress_bar=bar, val_check_interval=2, train_loader=make_loader(n=80),
+        num_sanity_val_steps=0, **until,
+    )  # fmt: skip
+    trainer.fit()
+    drawn = capsys.readouterr().err.replace("\r", "\n")
+    assert "(validating)" in drawn and "(validating) (validating)" not in drawn
+    assert ("step=12/13" in drawn) == (stop == "max_steps")
+    assert "Epoch 2/?" not in drawn
+    assert bar._bar is None and drawn.endswith("\n")

@@ -35,6 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "capture_rng_states",
+    "check_storable",
     "export_weights",
     "is_stale_temporary",
     "load_checkpoint",
@@ -239,6 +240,15 @@ def _is_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by another user
         return True
     return True
+
+
+def check_storable(value: Any, key: str) -> None:
+    """Raise the `TypeError` a save of `value` under `key` would raise, naming the entry.
+
+    For a state taken apart from the checkpoint (a loader's), so its owner is named at once,
+    not when a background save fails.
+    """
+    _encode(value, key, {}, set())
 
 
 def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor], seen: set[int]) -> Any:

@@ -34,6 +34,7 @@ __all__ = [
     "check_loss_fn",
     "check_optimization_mode",
     "check_positive_int",
+    "check_val_loader",
     "compile_options",
     "inputs_and_targets",
     "is_finite_or_skipped",
@@ -90,6 +91,29 @@ def check_loader(loader: Iterable[Any] | None, name: str) -> Iterable[Any] | Non
             "batch_size with drop_last=True does not exceed the data set's length."
         )
     return loader
+
+
+def check_val_loader(loader: Any, name: str = "val_loader") -> Any:
+    """`loader` is None, one loader, or a non-empty dict of loaders named by plain strings.
+
+    A name becomes part of every figure of its loader (`val/<name>/loss`), so it is a
+    non-empty string without `/`.
+    """
+    if not isinstance(loader, Mapping):
+        return check_loader(loader, name)
+    if not loader:
+        raise ValueError(
+            f"{name} is an empty dict; pass one loader, or a dict of named loaders such as "
+            f"{name}={{'clean': clean_dl, 'noisy': noisy_dl}}, or None for no validation."
+        )
+    for key, value in loader.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise ValueError(
+                f"{name} names its loaders by strings without '/', got {key!r}; its figures "
+                f"are named '<stage>/<loader name>/<figure>', e.g. {name}={{'clean': clean_dl}}."
+            )
+        check_loader(value, f"{name}[{key!r}]")
+    return dict(loader)
 
 
 def check_loss_fn(loss_fn: Any, uses_default_steps: bool) -> None:
@@ -192,7 +216,8 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
     if owns_update:
         if outputs is None:
             return {}
-        return dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
+        outputs = dict(outputs) if isinstance(outputs, Mapping) else {"loss": outputs}
+        return _with_checked_items(outputs) if "num_items" in outputs else outputs
     if isinstance(outputs, torch.Tensor):
         outputs = {"loss": outputs}
     elif outputs is None:
@@ -221,6 +246,28 @@ def as_step_outputs(outputs: Any, owns_update: bool = False) -> dict[str, Any]:
             "the loss does not require grad: it was computed without autograd (under "
             "torch.no_grad(), from detached tensors, or from a model whose parameters are "
             "all frozen)."
+        )
+    return _with_checked_items(outputs) if "num_items" in outputs else outputs
+
+
+def _with_checked_items(outputs: dict[str, Any]) -> dict[str, Any]:
+    """`outputs` with its `num_items`, if any, checked: a positive int or a 0-d tensor (kept
+    on its device, detached; its value is not read, which would cost a host sync)."""
+    items = outputs.get("num_items")
+    if items is None:
+        return outputs
+    if isinstance(items, torch.Tensor):
+        if items.numel() != 1 or items.is_complex() or items.dtype == torch.bool:
+            raise ValueError(
+                f"training_step returned num_items as a {items.dtype} tensor of shape "
+                f"{tuple(items.shape)}; return the count of items the loss averages as an "
+                "int or a 0-d tensor, e.g. mask.sum()."
+            )
+        outputs["num_items"] = items.detach().reshape(())
+    elif isinstance(items, bool) or not isinstance(items, int) or items <= 0:
+        raise ValueError(
+            f"training_step returned num_items={items!r}; it must be the count of items the "
+            "loss averages (tokens, samples): a positive int or a 0-d tensor."
         )
     return outputs
 

@@ -28,6 +28,8 @@ class SaveConfig(Callback):
     The run folder then records exactly what produced it, overrides included.
     """
 
+    writes_files = True
+
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.text = config_to_yaml(config)
 
@@ -48,7 +50,11 @@ def fit(job: Job, ckpt_path: str | None) -> None:
     job = dataclasses.replace(job, trainer_kwargs=job.trainer_kwargs | {"callbacks": callbacks})
     trainer = job.make_trainer(**loaders, **hparams)
     history = trainer.fit(ckpt_path=ckpt_path)
-    if trainer.is_global_zero:  # under torchrun, rank 0 reports for all ranks
+    if not trainer.is_global_zero:  # under torchrun, rank 0 reports for all ranks
+        return
+    if trainer.limits.is_dev_run:  # no folder to show: one line says what ran
+        print(_dev_run_line(trainer))
+    else:
         print("\n".join(fit_summary(trainer, history)))
 
 
@@ -80,6 +86,10 @@ def predict(job: Job, ckpt_path: str | None) -> None:
     # On the CPU, the file opens on any machine, with or without the GPU it was made on.
     predictions = move_to_device(trainer.predict(loader, ckpt_path=ckpt_path), torch.device("cpu"))
     if not trainer.is_global_zero:  # every rank predicts the whole loader; one saves it
+        return
+    if trainer.limits.is_dev_run:
+        print(f"fast_dev_run: predicted {len(predictions)} batches; a dev run writes no "
+              "files, so no predictions.pt")
         return
     path = Path(trainer.run_dir).resolve() / "predictions.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +155,19 @@ def lr_find(
         configs = " ".join(f"--config {shlex.quote(path)}" for path in config_paths)
         command = f"{executable('trainer')} fit {configs}"
         print(f"use it:        {command} --optimizer.lr {result.suggestion:.3g}")
+
+
+def _dev_run_line(trainer: Any) -> str:
+    """What a `fast_dev_run` fit ran, in one line."""
+    from trainer.data_position import length_or_none
+
+    limits = trainer.limits
+    train_batches = trainer.num_train_batches or limits.fast_dev_run
+    val_loader = trainer.val_loader
+    val_batches = (
+        limits.eval_batches("validate", length_or_none(val_loader)) if val_loader else None
+    )
+    return limits.dev_run_summary(train_batches, trainer.global_step, val_batches)
 
 
 def _loader(job: Job, method: str, command: str) -> Any:

@@ -218,8 +218,8 @@ def _value_kind(parameter: Parameter) -> str | None:
     """"number" or "boolean" when the default or the annotation says only that fits."""
     default, annotation = parameter.default, parameter.annotation
     words = set() if annotation is Parameter.empty else set(str(annotation).split(" | "))
-    if isinstance(default, bool) or words == {"bool"}:
-        return "boolean"
+    if words == {"bool"} or (isinstance(default, bool) and "int" not in words):
+        return "boolean"  # `bool | int` (fast_dev_run: True or a count) is a number
     if isinstance(default, int | float) or (words and words <= {"int", "float", "None"}):
         return "number"
     return None

@@ -45,7 +45,10 @@ class DigitsData:
     """scikit-learn's 1,797 handwritten digits, split into train, validation and test sets.
 
     The split is a permutation drawn from `split_seed`, so every run sees the same sets
-    whatever the training seed is.
+    whatever the training seed is. `noisy_val_std` adds a second validation loader: the
+    same validation images with Gaussian noise of that standard deviation (inputs lie in
+    [0, 1]; the noise is drawn once, from `split_seed`), so `val_loader()` returns
+    `{"clean": ..., "noisy": ...}` and a run reports `val/clean/acc` and `val/noisy/acc`.
 
     Example:
         >>> data = DigitsData(batch_size=32)
@@ -61,6 +64,7 @@ class DigitsData:
         test_fraction: float = 0.15,
         split_seed: int = 0,
         num_workers: int = 0,
+        noisy_val_std: float | None = None,
     ) -> None:
         if not 0 < val_fraction + test_fraction < 1:
             raise ValueError(
@@ -77,6 +81,9 @@ class DigitsData:
         self.train_set, self.val_set, self.test_set = (
             TensorDataset(inputs[part], targets[part]) for part in parts
         )
+        self.noisy_val_set = (
+            None if noisy_val_std is None else _noisy(self.val_set, noisy_val_std, split_seed)
+        )
 
     def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -87,9 +94,13 @@ class DigitsData:
         """Shuffled training batches of (inputs, targets)."""
         return self._loader(self.train_set, shuffle=True)
 
-    def val_loader(self) -> DataLoader:
-        """Validation batches in a fixed order."""
-        return self._loader(self.val_set, shuffle=False)
+    def val_loader(self) -> DataLoader | dict[str, DataLoader]:
+        """Validation batches in a fixed order; with `noisy_val_std`, a dict of the clean
+        and the noisy loader."""
+        clean = self._loader(self.val_set, shuffle=False)
+        if self.noisy_val_set is None:
+            return clean
+        return {"clean": clean, "noisy": self._loader(self.noisy_val_set, shuffle=False)}
 
     def test_loader(self) -> DataLoader:
         """Held-out test batches in a fixed order."""
@@ -98,3 +109,12 @@ class DigitsData:
     def predict_loader(self) -> DataLoader:
         """The test inputs and targets; `predict_step` uses the inputs only."""
         return self._loader(self.test_set, shuffle=False)
+
+
+def _noisy(dataset: TensorDataset, std: float, seed: int) -> TensorDataset:
+    """`dataset` with Gaussian noise of `std` added to its inputs, drawn once from `seed`."""
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+        raise ValueError(f"noisy_val_std must be a number > 0 or None, got {std!r}.")
+    inputs, targets = dataset.tensors
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(inputs + std * torch.randn(inputs.shape, generator=generator), targets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Mapping
+from datetime import timedelta
 from typing import Any
 
 __all__ = ["dashboard_hparams", "default_hparams", "flatten_hparams", "plain_hparams", "to_yaml"]
@@ -55,6 +56,8 @@ def default_hparams(options: Mapping[str, Any]) -> dict[str, Any]:
                 hparams[name] = _name_of(value)
         elif _is_plain(value):
             hparams[name] = value
+        elif isinstance(value, timedelta):  # max_time: loggable as people write it
+            hparams[name] = str(value)
     lr = getattr(options.get("optimizer"), "defaults", {}).get("lr")
     if isinstance(lr, (int, float)):
         hparams["lr"] = lr

@@ -16,6 +16,9 @@ import torch
 from trainer.device import batch_size_of
 
 __all__ = [
+    "ITEMS_PER_SEC",
+    "PEAK_MEMORY",
+    "SAMPLES_PER_SEC",
     "LogBook",
     "MetricFn",
     "RunningMeans",
@@ -25,6 +28,13 @@ __all__ = [
     "is_stateful_metric",
     "metrics_on_device",
 ]
+
+
+# The throughput figures of a log step: samples, the items steps report as `num_items`
+# (tokens, say), and the CUDA allocator's peak since the previous log step.
+SAMPLES_PER_SEC = "train/samples_per_sec"
+ITEMS_PER_SEC = "train/items_per_sec"
+PEAK_MEMORY = "train/peak_memory_gib"
 
 
 class MetricFn(Protocol):
@@ -142,30 +152,57 @@ class RunningMeans:
 
 
 class Throughput:
-    """Training samples per second between two readings, timed on the host.
+    """Training samples (and reported items) per second between two readings, timed on the
+    host, and the CUDA allocator's peak memory over the same interval.
 
-    It keeps no count of its own: it is handed the epoch's sample count when read. The
-    trainer reads the rate at log steps, just after reading the loss made the host wait for
-    the device, so the interval covers finished work; it restarts at each epoch so
-    validation time is left out.
+    It keeps no sample count of its own: it is handed the epoch's count when read. The items
+    steps report as `num_items` wait in a list (a tensor count stays on its device) and are
+    summed when read. The trainer reads at log steps, just after reading the loss made the
+    host wait for the device, so the interval covers finished work; it restarts at each
+    epoch so validation time (and memory) is left out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
+        self._is_cuda = device is not None and device.type == "cuda"
+        self._device = device
         self._samples_then = 0
+        self._items: list[int | torch.Tensor] = []
         self._since = time.perf_counter()
 
     def restart(self) -> None:
         """Start a new interval now, at an epoch's first sample."""
         self._samples_then = 0
+        self._items.clear()
         self._since = time.perf_counter()
+        if self._is_cuda:
+            torch.cuda.reset_peak_memory_stats(self._device)
 
-    def rate(self, samples: int) -> float:
+    def count_items(self, items: int | torch.Tensor) -> None:
+        """A training step reported `items` (its `num_items`)."""
+        self._items.append(items)
+
+    def rates(self, samples: int) -> dict[str, float]:
         """Samples per second since the last reading or restart, `samples` being the count
-        now; starts the next interval."""
+        now, items per second when steps reported any, and the peak memory on CUDA; starts
+        the next interval."""
         now = time.perf_counter()
-        rate = (samples - self._samples_then) / max(now - self._since, 1e-9)
+        elapsed = max(now - self._since, 1e-9)
+        figures = {SAMPLES_PER_SEC: (samples - self._samples_then) / elapsed}
+        if self._items:
+            figures[ITEMS_PER_SEC] = float(_sum_counts(self._items)) / elapsed
+            self._items.clear()
+        if self._is_cuda:
+            figures[PEAK_MEMORY] = torch.cuda.max_memory_allocated(self._device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self._device)
         self._samples_then, self._since = samples, now
-        return rate
+        return figures
+
+
+def _sum_counts(counts: list[int | torch.Tensor]) -> int | torch.Tensor:
+    """The sum of plain counts on the host and of tensor counts in one go on their device."""
+    tensors = [count for count in counts if isinstance(count, torch.Tensor)]
+    plain = sum(count for count in counts if not isinstance(count, torch.Tensor))
+    return plain + torch.stack(tensors).sum() if tensors else plain
 
 
 class LogBook:
@@ -179,7 +216,7 @@ class LogBook:
     throughput both read it.
     """
 
-    def __init__(self, log_every_n_steps: int = 50) -> None:
+    def __init__(self, log_every_n_steps: int = 50, device: torch.device | None = None) -> None:
         self.log_every_n_steps = log_every_n_steps
         self.train = RunningMeans()
         self.evaluation = RunningMeans()
@@ -187,7 +224,7 @@ class LogBook:
         self.samples_in_epoch = 0
         self._step: dict[str, torch.Tensor | float] = {}
         self._open: RunningMeans | None = None
-        self._throughput = Throughput()
+        self._throughput = Throughput(device)
         self._last_logged_step = -1
 
     # ------------------------------------------------------------------------------ batches
@@ -213,12 +250,17 @@ class LogBook:
         self.batch_size = batch_size_of(batch) or 1
         self._open = self.evaluation
 
-    def count_samples(self, batch_size: int | None = None) -> None:
+    def count_samples(
+        self, batch_size: int | None = None, num_items: int | torch.Tensor | None = None
+    ) -> None:
         """The training step ran: its batch's samples count (`batch_size`, when the step
-        reported it, is better than the size read from the batch)."""
+        reported it, is better than the size read from the batch), and its `num_items` for
+        the items per second."""
         if batch_size is not None:
             self.batch_size = int(batch_size)
         self.samples_in_epoch += self.batch_size
+        if num_items is not None:
+            self._throughput.count_items(num_items)
 
     def close_batch(self) -> None:
         """The batch is done: what is logged from now on is a figure of its own."""
@@ -244,10 +286,10 @@ class LogBook:
         return step % self.log_every_n_steps == 0
 
     def read_step(self, step: int) -> dict[str, float]:
-        """The values logged since the last log step as floats, and the samples per second
-        (timed once the floats made the host wait); the next step starts empty."""
+        """The values logged since the last log step as floats, and the throughput (timed
+        once the floats made the host wait); the next step starts empty."""
         figures = {name: float(value) for name, value in self._step.items()}
-        figures["train/samples_per_sec"] = self._throughput.rate(self.samples_in_epoch)
+        figures |= self._throughput.rates(self.samples_in_epoch)
         self._step.clear()
         self._last_logged_step = step
         return figures

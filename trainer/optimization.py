@@ -3,8 +3,9 @@ updated weights.
 
 Users hand over objects or factories (`params -> Optimizer`, `optimizer -> scheduler`);
 this module turns either into objects. `Optimization` then holds them with the settings of
-the update and its verbs: backward (the loss divided by the accumulation window, once),
-step with or without a closure (short last windows rescaled, gradients unscaled through
+the update and its verbs: backward (the loss divided by the accumulation window, once; the
+automatic loop's micro-batches weighed by their items, see `trainer.accumulation`), step
+with or without a closure (the window's gradients made its items' mean, unscaled through
 `Precision` and clipped by norm or by value, `on_before_optimizer_step`, the step, zeroed
 gradients, a skipped step counted), the grad-norm log, and when a scheduler steps: every
 optimizer step, every epoch, or on a monitored metric for `ReduceLROnPlateau`. The
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from trainer.accumulation import Count, WindowItems
 from trainer.callbacks.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -235,6 +237,7 @@ class Optimization:
         self.clip_val, self.clip_algorithm = clip_val, clip_algorithm
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.log_grad_norm = log_grad_norm
+        self.items = WindowItems(state.window, _world_size(sharding), sharding.device)
         self.optimizers: Any = []  # a list, or a dict of named optimizers
         self.schedulers: Any = []  # shaped like `optimizers`, None where one has none
         self._scheduler_arg = scheduler
@@ -267,6 +270,27 @@ class Optimization:
         window = self.state.window
         self.precision.backward(loss / window if window > 1 else loss)
 
+    def accumulate(self, loss: torch.Tensor, num_items: Count | None) -> None:
+        """Backpropagate one micro-batch of the automatic loop, weighed by its items (the
+        `num_items` its step reported, else its batch size), so the window's step is one on
+        all of the window's items."""
+        is_reported = num_items is not None
+        if self.items.weighs[is_reported]:
+            items = num_items if is_reported else self.logs.batch_size
+            weight = self.items.weight(items, is_reported)  # type: ignore[arg-type]
+            if weight is not None:
+                loss = loss * weight
+        self.backward(loss)
+
+    def leave_out(self, num_items: Count | None) -> None:
+        """The automatic loop leaves a micro-batch out (a non-finite loss): it adds no items
+        and no gradient, yet takes part in what the other ranks' batches all-reduce."""
+        is_reported = num_items is not None
+        if self.items.weighs[is_reported]:
+            items = num_items if is_reported else self.logs.batch_size
+            self.items.leave_out(items, is_reported)  # type: ignore[arg-type]
+        self.sharding.contribute_no_gradient()
+
     def step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -274,14 +298,19 @@ class Optimization:
     ) -> bool:
         """Update with `optimizer` at a window's end; return whether it stepped.
 
-        A short last window's gradients are rescaled (the loss was divided by the whole
-        window); they are unscaled and clipped (in each evaluation of `closure`), then the
+        The window's gradients are rescaled to the mean over its items (`WindowItems`; a
+        short last window, whose loss was divided by the whole window, by `window / batches`
+        when its counts are equal or unknown); they are unscaled and clipped (in each
+        evaluation of `closure`), then the
         hook runs, the optimizer steps, gradients are zeroed and a step scheduler steps. A
         step the GradScaler skipped for inf/nan gradients is counted and not scheduled.
         """
-        window = self.state.batches_in_window
-        if window < self.state.window:
-            _scale_gradients(optimizer, self.state.window / window)
+        factor = self.items.end_window() if self.items.weighs[True] else None
+        batches = self.state.batches_in_window
+        if factor is None and batches < self.state.window:
+            factor = self.state.window / batches
+        if factor is not None:
+            _scale_gradients(optimizer, factor)
         if closure is None:
             self._clip(optimizer)
         else:
@@ -316,19 +345,35 @@ class Optimization:
         for _, optimizer in named(self.optimizers):
             optimizer.zero_grad(set_to_none=True)
 
-    def step_schedulers_on_epoch(self, metrics: dict[str, float]) -> None:
+    def step_schedulers_on_epoch(
+        self, metrics: dict[str, float], is_plateau_due: bool = True
+    ) -> None:
         """At a finished epoch's end: epoch schedulers step; `ReduceLROnPlateau` reads its
-        monitor from `metrics`."""
+        monitor from `metrics` when `is_plateau_due` (the loop says so when this epoch end
+        validated, or the run has no validation), as it does after every validation."""
         if self.scheduler_interval != "epoch":
             return
         for _, scheduler in named(self.schedulers):
             if scheduler is None:
                 continue
             if is_plateau(scheduler):
-                monitor = Monitor(self.scheduler_monitor)
-                scheduler.step(monitor.read(metrics, "ReduceLROnPlateau"))
+                if is_plateau_due:
+                    self._step_plateau(scheduler, metrics)
             else:
                 scheduler.step()
+
+    def step_plateau_schedulers(self, metrics: dict[str, float]) -> None:
+        """After a validation inside an epoch (`val_check_interval`): each epoch-interval
+        `ReduceLROnPlateau` reads its monitor, so its patience counts validations."""
+        if self.scheduler_interval != "epoch":
+            return
+        for _, scheduler in named(self.schedulers):
+            if scheduler is not None and is_plateau(scheduler):
+                self._step_plateau(scheduler, metrics)
+
+    def _step_plateau(self, scheduler: Any, metrics: dict[str, float]) -> None:
+        monitor = Monitor(self.scheduler_monitor)
+        scheduler.step(monitor.read(metrics, "ReduceLROnPlateau"))
 
     def learning_rates(self) -> dict[str, float]:
         """The optimizers' learning rates by their logged names."""
@@ -383,7 +428,16 @@ def _total_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     return nn.utils.get_total_norm([p.grad for p in _parameters(optimizer) if p.grad is not None])
 
 
-def _scale_gradients(optimizer: torch.optim.Optimizer, factor: float) -> None:
+def _world_size(sharding: Sharding) -> int:
+    """The ranks whose gradients the backward averages (1 on one process)."""
+    if sharding.kind == "single":
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
+def _scale_gradients(optimizer: torch.optim.Optimizer, factor: float | torch.Tensor) -> None:
     for parameter in _parameters(optimizer):
         if parameter.grad is not None:
             parameter.grad.mul_(factor)

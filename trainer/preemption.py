@@ -44,7 +44,8 @@ class TrainingInterrupted(KeyboardInterrupt, SystemExit):
 
     Attributes:
         signum: the signal received.
-        checkpoint_path: the checkpoint saved at the step where training stopped.
+        checkpoint_path: the checkpoint saved at the step where training stopped (None in
+            a run that writes no files, a `fast_dev_run`).
         exit_code: 128 + `signum`, the shell's convention (130 for SIGINT, 143 for SIGTERM).
 
     Example:
@@ -55,8 +56,9 @@ class TrainingInterrupted(KeyboardInterrupt, SystemExit):
         >>> trainer.test(test_dl, ckpt_path="last")
     """
 
-    def __init__(self, signum: int, checkpoint_path: Path) -> None:
-        super().__init__(f"training stopped by signal {signum}; saved {checkpoint_path}")
+    def __init__(self, signum: int, checkpoint_path: Path | None) -> None:
+        saved = f"saved {checkpoint_path}" if checkpoint_path is not None else "saved nothing"
+        super().__init__(f"training stopped by signal {signum}; {saved}")
         self.signum = signum
         self.checkpoint_path = checkpoint_path
         self.code = exit_code_for(signum)  # what the interpreter exits with when uncaught
@@ -110,7 +112,8 @@ class PreemptionWatch:
 def save_and_exit(trainer: Trainer, signum: int) -> None:
     """Save the last state at this step boundary, then raise `TrainingInterrupted`."""
     checkpoint_dir, step = trainer.checkpoint_dir, trainer.state.global_step
-    assert checkpoint_dir is not None  # chosen when fit started
+    if checkpoint_dir is None:  # a run that writes no files (fast_dev_run) has no folder
+        raise TrainingInterrupted(signum, None)
     path = trainer.save_checkpoint(checkpoint_dir / last_checkpoint_name(trainer.epoch, step))
     keep = _last_checkpoints_to_keep(trainer, checkpoint_dir)
     trainer.distributed.run_on_zero(

@@ -34,10 +34,8 @@ def fit_summary(trainer: Trainer, history: Sequence[Mapping[str, float]]) -> lis
     """The lines `trainer fit` ends with; epochs count from 1, as the progress bar's do."""
     records = {int(record["epoch"]): record for record in history}
     final = _figures(history[-1] if history else trainer.metrics)
-    reason = next((why for callback in trainer.callbacks if (why := callback.stop_reason())), "")
-    stopped = f" ({reason}; max_epochs {trainer.max_epochs})" if reason else ""
     lines = [
-        f"trained:       {trainer.epoch} epochs, {trainer.global_step} optimizer steps{stopped}",
+        f"trained:       {_how_far(trainer)}",
         f"final metrics: {format_figures(final, ', ')}",
         *_best_lines(trainer, records, final),
         f"run files:     {Path(trainer.log_dir).resolve()} "
@@ -48,6 +46,24 @@ def fit_summary(trainer: Trainer, history: Sequence[Mapping[str, float]]) -> lis
         f"plot them:     {executable('trainer')} plot {shell_path(trainer.log_dir)}",
     ]
     return lines
+
+
+def _how_far(trainer: Trainer) -> str:
+    """Epochs done, the batches of one cut short, optimizer steps, and what stopped them."""
+    state = trainer.state
+    cut_short = f" and {state.batches_in_epoch} batches of epoch {trainer.epoch + 1}"
+    reason = next((why for callback in trainer.callbacks if (why := callback.stop_reason())), "")
+    if reason:
+        bound = f"; max_epochs {trainer.max_epochs}" if trainer.max_epochs is not None else ""
+        stopped = f" ({reason}{bound})"
+    elif trainer.max_steps is not None and trainer.global_step >= trainer.max_steps:
+        stopped = f" (max_steps {trainer.max_steps} reached)"
+    else:
+        stopped = ""
+    return (
+        f"{trainer.epoch} epochs{cut_short if state.is_mid_epoch else ''}, "
+        f"{trainer.global_step} optimizer steps{stopped}"
+    )
 
 
 def _dashboard_line(trainer: Trainer) -> list[str]:

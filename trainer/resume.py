@@ -1,12 +1,13 @@
 """A run's checkpoint: what it holds, and putting it back into a trainer for an exact resume.
 
 One checkpoint holds the model, the optimizers and schedulers by name, the grad scaler,
-`TrainState`, the random states of every rank (the data's generators among them), the data
-position inside the epoch, each callback's state, the best file its callbacks declare and
-the trainer subclass's own `state_dict()`, so a resumed run continues as if it had never
-stopped. `checkpoint.py` writes and reads the files, `run_files.py` finds them; this module
-fills them and empties them, and reads the contents of older formats. The `Trainer` fires
-the `on_save_checkpoint` and `on_load_checkpoint` hooks around these functions.
+`TrainState`, the random states of every rank (the data's generators among them, and the
+state of a train_loader that keeps its own), the data position inside the epoch, each
+callback's state, the best file its callbacks declare and the trainer subclass's own
+`state_dict()`, so a resumed run continues as if it had never stopped. `checkpoint.py`
+writes and reads the files, `run_files.py` finds them; this module fills them and empties
+them, and reads the contents of older formats. The `Trainer` fires the
+`on_save_checkpoint` and `on_load_checkpoint` hooks around these functions.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def run_checkpoint(trainer: Trainer, data: DataPosition, logs: LogBook) -> dict[
         **_optimization_states(trainer),
         "precision": trainer.precision.state_dict(),
         "state": state.state_dict(),
-        "ranks": trainer.distributed.gather(_rank_states(data, logs)),  # rank 0's first
+        # Each rank's own states, rank 0's first.
+        "ranks": trainer.distributed.gather(_rank_states(data, logs, state.is_mid_epoch)),
         "data": data.position(state.is_mid_epoch),
         "callbacks": trainer.callbacks.state_dicts(),
         # The file `fit(ckpt_path="best")` loads, as the callbacks declare it ("" for none).
@@ -64,7 +66,8 @@ def restore_run(
     trainer.callbacks.load_state_dicts(checkpoint["callbacks"])
     trainer.load_state_dict(checkpoint.get("trainer", {}))
     restore_rng_states(own["rng"])
-    data.resume(checkpoint["data"], own["data"], trainer.state.batches_in_epoch)
+    batches_done = trainer.state.batches_in_epoch
+    data.resume(checkpoint["data"], own["data"], batches_done, own.get("loader"))
     if is_mid_epoch:
         logs.load_state_dict(own["logs"])
     return checkpoint
@@ -122,10 +125,16 @@ def _optimization_of_format_3(
     return {name: checkpoint["optimizer"]}, ({name: scheduler} if scheduler else {})
 
 
-def _rank_states(data: DataPosition, logs: LogBook) -> dict[str, Any]:
+def _rank_states(data: DataPosition, logs: LogBook, is_mid_epoch: bool) -> dict[str, Any]:
     """What each rank saves of its own, read back by `_own_states`: its random streams (for
-    dropout and workers), its data generators and its epoch's running sums."""
-    return {"rng": capture_rng_states(), "data": data.random_states(), "logs": logs.state_dict()}
+    dropout and workers), its data generators, its epoch's running sums and, mid-epoch, the
+    state of a train_loader that keeps its own (None otherwise; files before it lack it)."""
+    return {
+        "rng": capture_rng_states(),
+        "data": data.random_states(),
+        "logs": logs.state_dict(),
+        "loader": data.source_state(is_mid_epoch),
+    }
 
 
 def _own_states(checkpoint: dict[str, Any], rank: int) -> dict[str, Any]:

@@ -80,10 +80,15 @@ class NotARunCheckpointError(CheckpointError):
 
 class RunFiles:
     """A `run_dir`, the version folder (`log_dir`) this trainer writes in once chosen, and
-    the queue (`writes`) that finishes its saves in the background."""
+    the queue (`writes`) that finishes its saves in the background.
 
-    def __init__(self, run_dir: Path) -> None:
+    `writes_files=False` (a `fast_dev_run`) claims no folder: `log_dir` stays None, and a
+    checkpoint to resume from is still found and read.
+    """
+
+    def __init__(self, run_dir: Path, writes_files: bool = True) -> None:
         self.run_dir = run_dir
+        self.writes_files = writes_files
         self.log_dir: Path | None = None
         self.writes = BackgroundWrites()
         self._found: Found | None = None  # rank 0's loaded checkpoint, not sent to others
@@ -102,11 +107,11 @@ class RunFiles:
         log_dir, path = distributed.from_zero(
             "choose the run's folder", self._choose, ckpt_path
         )
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         found, self._found = self._found, None
         if path is None or found is not None:
             return found
-        return find_checkpoint(path, self.log_dir / "checkpoints")
+        return find_checkpoint(path, (self.log_dir or self.run_dir) / "checkpoints")
 
     def find(self, ckpt_path: str | Path) -> Found:
         """`"last"`, `"best"` or a path, for validate/test/predict; creates no folder."""
@@ -137,8 +142,9 @@ class RunFiles:
         """Delete `path` once the pending saves have landed (its successor among them)."""
         self.writes.after_pending(lambda: path.unlink(missing_ok=True))
 
-    def _choose(self, ckpt_path: str | Path | None) -> tuple[str, str | None]:
-        """The run's folder and the checkpoint file to resume, as text for other ranks."""
+    def _choose(self, ckpt_path: str | Path | None) -> tuple[str | None, str | None]:
+        """The run's folder (None when the run writes no files) and the checkpoint file to
+        resume, as text for other ranks."""
         if self.log_dir is not None:  # chosen by an earlier fit of this trainer: kept
             home = self.log_dir
             found = find_checkpoint(ckpt_path, home / "checkpoints") if ckpt_path else None
@@ -153,8 +159,12 @@ class RunFiles:
         if ckpt_path is not None and found is None:
             print(f"No checkpoint in {self.run_dir} yet; starting from scratch.")
         self._found = found
-        home = home or claim_new_version(self.run_dir)
-        return str(home), str(found[0]) if found is not None else None
+        if home is None and self.writes_files:
+            home = claim_new_version(self.run_dir)
+        return (
+            str(home) if home is not None else None,
+            str(found[0]) if found is not None else None,
+        )
 
 
 # ------------------------------------------------------------------------ version folders

@@ -17,7 +17,7 @@ data stands as a run goes (the generators' states, what a checkpoint keeps) is
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "ResumableSampler",
     "evaluation_loader",
     "make_resumable",
+    "rebuilt_loader",
     "set_sampler_epoch",
     "shard_for_evaluation",
     "why_not_resumable",
@@ -181,7 +182,7 @@ def make_resumable(
         rank=rank,
         share_seed=share_seed,
     )
-    return _rebuilt(loader, sampler, pin_memory), sampler
+    return rebuilt_loader(loader, sampler, pin_memory), sampler
 
 
 class EvaluationShard(Sampler[int]):
@@ -214,21 +215,26 @@ def shard_for_evaluation(loader: Any, num_replicas: int, rank: int) -> Any:
     if why_not_resumable(loader) is not None:
         return loader
     sampler = EvaluationShard(len(loader.dataset), num_replicas, rank)
-    return _rebuilt(loader, sampler)
+    return rebuilt_loader(loader, sampler)
 
 
 def evaluation_loader(loader: Any, distributed: Distributed) -> Any:
     """DDP: this rank's share of an evaluation loader, without padding.
 
     FSDP runs collectives in every forward, so there each rank evaluates the whole
-    loader (same count of forwards everywhere; averages stay exact).
+    loader (same count of forwards everywhere; averages stay exact). A dict of named
+    loaders is split loader by loader.
     """
     if distributed.kind != "ddp":
         return loader
+    if isinstance(loader, Mapping):
+        return {name: evaluation_loader(one, distributed) for name, one in loader.items()}
     return shard_for_evaluation(loader, distributed.world_size, distributed.rank)
 
 
-def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False) -> DataLoader:
+def rebuilt_loader(
+    loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False
+) -> DataLoader:
     """A DataLoader like `loader` in every setting, drawing indices from `sampler`."""
     settings = {
         name: getattr(loader, name)
@@ -241,10 +247,13 @@ def _rebuilt(loader: DataLoader, sampler: Sampler[int], pin_memory: bool = False
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch."""
-    for sampler in (
+    """A DistributedSampler (or any sampler with `set_epoch`) reshuffles per epoch; so does
+    a data set with `set_epoch` (a Hugging Face `IterableDataset`, whose saved state applies
+    only to the epoch it names), as the Hugging Face Trainer tells it."""
+    for holder in (
         getattr(loader, "sampler", None),
         getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        getattr(loader, "dataset", None),
     ):
-        if callable(getattr(sampler, "set_epoch", None)):
-            sampler.set_epoch(epoch)
+        if callable(getattr(holder, "set_epoch", None)):
+            holder.set_epoch(epoch)

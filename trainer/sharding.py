@@ -115,6 +115,12 @@ class Sharding:
                 "(a config's optimizer: section already is one), or configure_optimizers()."
             )
 
+    def without_autograd(self) -> contextlib.AbstractContextManager[Any]:
+        """Evaluation's context: `inference_mode`, or `no_grad` under FSDP, whose first forward
+        keeps the gathered parameters it builds; made in inference mode, training's backward
+        could not use them (a sanity pass or `validate()` before `fit()` runs that forward)."""
+        return torch.no_grad() if self.kind == "fsdp" else torch.inference_mode()
+
     # ----------------------------------------------------------------------- gradient sync
     def no_sync(self, is_boundary: bool) -> contextlib.AbstractContextManager[Any]:
         """Skip the gradient all-reduce on micro-steps that do not end an accumulation window."""

@@ -5,7 +5,8 @@ It holds what a resumed run needs to continue the count (epoch, optimizer steps,
 begun in the current epoch, whether that epoch's end has run) plus the latest logged
 figures, so a checkpoint stores it as plain data. Each fact is kept once and decided here:
 the window ends here (`is_window_end`), the epoch's batches are done (`are_epoch_batches_done`),
-mid-epoch (`is_mid_epoch`) and a fresh run (`is_fresh_run`), all over one batch counter,
+mid-epoch (`is_mid_epoch`), the step validated (`is_validated`) and a fresh run
+(`is_fresh_run`), all over one batch counter,
 `batches_in_epoch`, which `count_batch` advances as a batch begins. The accumulation
 window is given once by the trainer and not saved (it is configuration, not progress); the
 epoch's length is an argument, as the data position knows it at that moment (a loader
@@ -38,6 +39,9 @@ class TrainState:
         skipped_steps: optimizer steps the "16-mixed" GradScaler skipped for inf/nan
             gradients; they count in `global_step` but do not advance a step scheduler.
         last_finite_step: the last optimizer step at which the loss was read and finite.
+        validated_step: the optimizer step at which the loop last validated during
+            training (-1: none yet). A checkpoint saved right after a validation resumes
+            without running it again; one saved just before it runs it first.
         metrics: the latest value of every logged name, as floats.
         window: batches per optimizer step (`accumulate_grad_batches`); not saved.
     """
@@ -50,6 +54,7 @@ class TrainState:
     skipped_batches: int = 0
     skipped_steps: int = 0
     last_finite_step: int = 0
+    validated_step: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
     window: int = field(default=1, compare=False, repr=False)
 
@@ -75,6 +80,11 @@ class TrainState:
     def is_mid_epoch(self) -> bool:
         """Some of the current epoch's batches are consumed and its end has not run."""
         return self.batches_in_epoch > 0 and not self.is_epoch_finished
+
+    @property
+    def is_validated(self) -> bool:
+        """The loop validated at the current optimizer step during training."""
+        return self.validated_step == self.global_step
 
     @property
     def is_fresh_run(self) -> bool:
@@ -115,5 +125,6 @@ class TrainState:
         self.skipped_batches = int(state.get("skipped_batches", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_finite_step = int(state.get("last_finite_step", self.global_step))
+        self.validated_step = int(state.get("validated_step", -1))
         self.metrics = {str(name): float(value) for name, value in state["metrics"].items()}
         self.start_next_epoch()

@@ -8,7 +8,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from trainer.callbacks.defaults import assemble_callbacks
 from trainer.callbacks.model_checkpoint import ModelCheckpoint
 from trainer.callbacks.progress import ProgressBar
 from trainer.callbacks.tensorboard import TensorBoardLogger
+from trainer.callbacks.timer import with_timer
+from trainer.checkpoint import capture_rng_states, restore_rng_states
 from trainer.checks import (
     NanPolicy,
     as_distributed,
@@ -31,6 +33,7 @@ from trainer.checks import (
     check_loop_arguments,
     check_loss_fn,
     check_optimization_mode,
+    check_val_loader,
     compile_options,
     inputs_and_targets,
     is_finite_or_skipped,
@@ -41,6 +44,13 @@ from trainer.data_position import DataPosition, stop_persistent_workers
 from trainer.device import batches_on_device
 from trainer.distributed import Distributed
 from trainer.hparams import default_hparams
+from trainer.limits import RunLimits
+from trainer.loop_schedule import (
+    DEFAULT_SANITY_VAL_STEPS,
+    LoopSchedule,
+    each_loader,
+    first_batches,
+)
 from trainer.metrics import (
     LogBook,
     compute_metrics,
@@ -54,6 +64,7 @@ from trainer.resume import restore_run, run_checkpoint
 from trainer.run_files import RunFiles
 from trainer.sampling import evaluation_loader
 from trainer.state import TrainState
+from trainer.validation_loaders import check_monitored_names, named_figures, named_loaders
 
 __all__ = ["NanPolicy", "NonFiniteLossError", "Trainer", "seed_everything"]
 
@@ -72,16 +83,21 @@ class Trainer:
             restore the checkpoint, if any            -> on_load_checkpoint
             or, starting from scratch, seed_everything(seed) when a seed is given
             on_fit_start
+            sanity pass: num_sanity_val_steps val batches, no hooks, no figures, RNG put back
             while epochs and steps remain and not should_stop:
                 on_train_epoch_start
-                for batch_idx, batch in train_loader (a resumed epoch skips what it consumed):
+                for batch_idx, batch in train_loader (a resumed epoch skips what it consumed;
+                                       limit_train_batches: the epoch is its first N):
                     on_train_batch_start(batch, batch_idx)
                     loss = training_step(batch, batch_idx)      # under autocast
                         # automatic_optimization = False: the step calls self.backward and
                         # self.step(optimizer), which do the update below per optimizer;
                         # global_step counts batches, gradients are cleared at window ends
-                    backward(loss / accumulate_grad_batches)    # DDP: all-reduce at window end
+                    backward(loss * n / n_first / accumulate_grad_batches)  # DDP: all-reduce
+                        # n: the step's num_items, else its batch size; n / n_first is 1 and
+                        # skipped when the window's counts are equal
                     if the accumulation window is full or the epoch's batches are done:
+                        gradients *= n_first * window / sum(n), when the counts differ
                         unscale gradients, clip them to gradient_clip_val (by total norm,
                                           or each value: gradient_clip_algorithm)
                         on_before_optimizer_step(optimizer)
@@ -90,20 +106,24 @@ class Trainer:
                         global_step += 1
                         every log_every_n_steps steps: on_log(step figures, global_step)
                                       # loss, lr, samples/s, grad norm when clipped or asked
+                        if val_check_interval says this step (inside the epoch):
+                            validation as below, on_log(val figures); ReduceLROnPlateau steps
                     on_train_batch_end(outputs, batch, batch_idx)
                     at a step boundary, leave the epoch if should_stop or max_steps is reached
+                                      # max_time spent (Timer): should_stop
                     on SIGTERM/SIGINT: save a checkpoint here, raise TrainingInterrupted
                     (several ranks agree on should_stop and signals at log steps and epoch ends)
                 if the epoch's batches are all done (a cut-short epoch ends when resumed):
-                    if val_loader:
+                    if val_loader and this epoch end is due (check_val_every_n_epoch):
                         on_validation_start
-                        validation_step(batch, batch_idx) per batch   # eval(), inference_mode
+                        validation_step(batch, batch_idx) per batch   # eval(), no autograd
+                                                    # (the first limit_val_batches)
                         on_validation_end(val figures)
                     scheduler.step()              # "epoch"; ReduceLROnPlateau gets its monitor
                     on_log(epoch figures, global_step)   # on_log fires on rank 0 only
                     on_train_epoch_end            # ModelCheckpoint saves -> on_save_checkpoint
             on_train_end                          # ModelCheckpoint saves a state not yet saved
-            if the last epoch was cut short and val_loader: validation as above, on_log
+            if val_loader and the last step was not validated: validation as above, on_log
             wait for checkpoint files to be fsynced and renamed into place (done in background)
             on_fit_end
         on any exception: on_exception(exception), then it propagates
@@ -117,7 +137,9 @@ class Trainer:
             `configure_optimizers()` when `fit` starts.
         loss_fn: `(outputs, targets) -> scalar tensor`, used by the default steps.
         train_loader: the training batches, usually a `DataLoader`.
-        val_loader: batches validated at every epoch end, when given.
+        val_loader: batches validated at every epoch end, when given; a dict of named
+            loaders (`{"clean": a, "noisy": b}`) validates each, its figures named
+            `val/clean/loss`, `val/noisy/acc`, ... (monitor those names).
         scheduler: an LR scheduler or a callable `optimizer -> scheduler` (with several
             optimizers: a list or dict matched to them, or one callable for all);
             `ReduceLROnPlateau` works.
@@ -126,6 +148,14 @@ class Trainer:
         metrics: name -> callable `(outputs, targets) -> tensor`, or `torchmetrics` objects.
         max_epochs: stop after this many epochs.
         max_steps: stop after this many optimizer steps (whichever limit comes first).
+        limit_train_batches: train on the first N batches of each epoch (an int), or that
+            fraction of them (a float in (0, 1]; needs a loader with a length); the limited
+            epoch is a whole epoch: its last window steps, it validates and ends. Per rank.
+        limit_val_batches: likewise for every validation; 0 switches validation off.
+        overfit_batches: train on the same first N batches (or fraction) every epoch, a
+            shuffled loader drawn in its data set's order, and validate on the first N.
+        fast_dev_run: `True` or N: one epoch of N (1) batches of training and validation,
+            N batches in `test`/`predict`, writing no files at all; a smoke test of a job.
         precision: `"32"`, `"16-mixed"`, `"bf16-mixed"` or `"bf16-true"`.
         device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"` or a `torch.device`.
         accumulate_grad_batches: step the optimizer every N batches.
@@ -148,6 +178,15 @@ class Trainer:
             arguments.
         log_grad_norm: log `train/grad_norm` at log steps even without clipping.
         strategy: `"auto"`, `"ddp"`, `"fsdp"` or a `Distributed`; torchrun sets the ranks.
+        val_check_interval: an int validates every N optimizer steps, counted across epochs
+            (streams too); a float in (0, 1] at that fraction of each epoch; None: at epoch
+            ends. Monitor-driven callbacks act on every validation.
+        check_val_every_n_epoch: validate at the end of every N-th epoch (None: never).
+        num_sanity_val_steps: validation batches run before training, so a broken
+            `validation_step` fails in seconds; they change nothing of the run (0: none).
+        max_time: a wall-clock budget for this process's training (seconds,
+            `"DD:HH:MM:SS"` or a `timedelta`); once spent, training stops at the next step
+            boundary with a checkpoint to resume from.
 
     Example:
         >>> trainer = Trainer(model, optimizer=torch.optim.AdamW(model.parameters()),
@@ -168,13 +207,17 @@ class Trainer:
         optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None = None,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         train_loader: Iterable[Any] | None = None,
-        val_loader: Iterable[Any] | None = None,
+        val_loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
         scheduler: Any = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         metrics: Mapping[str, Any] | None = None,
         max_epochs: int | None = None,
         max_steps: int | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        overfit_batches: int | float = 0,
+        fast_dev_run: bool | int = False,
         precision: str = "32",
         device: str | torch.device = "auto",
         accumulate_grad_batches: int = 1,
@@ -192,11 +235,19 @@ class Trainer:
         hparams: Mapping[str, Any] | None = None,
         log_grad_norm: bool = False,
         strategy: str | Distributed = "auto",
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int = DEFAULT_SANITY_VAL_STEPS,
+        max_time: float | str | timedelta | None = None,
     ) -> None:
         # First, while the only locals are the arguments: they give the default hyperparameters.
         self.hparams = dict(hparams) if hparams is not None else default_hparams(locals())
+        self.limits = RunLimits.of(
+            limit_train_batches, limit_val_batches, overfit_batches, fast_dev_run
+        )
+        self.max_epochs, self.max_steps = self.limits.when_to_stop(max_epochs, max_steps)
         check_loop_arguments(
-            model, max_epochs, max_steps, accumulate_grad_batches, log_every_n_steps,
+            model, self.max_epochs, self.max_steps, accumulate_grad_batches, log_every_n_steps,
             gradient_clip_val, nan_policy,
         )
         self.nan_policy = nan_policy
@@ -206,14 +257,23 @@ class Trainer:
         self.model = self._place_model(model, compile)
         self.loss_fn = loss_fn
         # Made resumable and split between ranks once: readers before fit see it as it runs.
-        train_loader = check_loader(train_loader, "train_loader")
+        train_loader = self.limits.training_loader(check_loader(train_loader, "train_loader"))
         self._data = DataPosition.of(train_loader, self.distributed, self.device.type == "cuda")
-        self.val_loader = evaluation_loader(val_loader, self.distributed)
+        self._data.limit_to(self.limits.train_batches(self._data.loader_length))
+        val_loader = evaluation_loader(check_val_loader(val_loader), self.distributed)
+        self.val_loader = self.limits.validation_loader(val_loader)  # None: limit_val_batches=0
         self.metric_fns = metrics_on_device(metrics, self.device)
-        self.max_epochs, self.max_steps = max_epochs, max_steps
+        setting = self.limits.setting  # a dev run validates once and runs no sanity pass
+        self.schedule = LoopSchedule(
+            setting("val_check_interval", val_check_interval),
+            setting("check_val_every_n_epoch", check_val_every_n_epoch),
+            setting("num_sanity_val_steps", num_sanity_val_steps), self._data.loader_length,
+        )  # fmt: skip
         check_loss_fn(loss_fn, self._uses_default_steps())
         self.state = TrainState(window=accumulate_grad_batches)
-        self._logs = LogBook(log_every_n_steps)
+        self._logs = LogBook(log_every_n_steps, self.device)
+        self._epoch_validation: dict[str, float] = {}  # this epoch's latest validation, for
+        # its record
         self.optimization = Optimization(
             self.model, self.precision, self.state, self._logs, self.sharding,
             self._before_optimizer_step, scheduler=scheduler, clip_val=gradient_clip_val,
@@ -223,10 +283,12 @@ class Trainer:
         if optimizer is not None:
             self.optimization.configure(optimizer)
         # The run's folders, its checkpoints and the queue that finishes its saves.
-        self.run_files = RunFiles(Path(run_dir) if run_dir else _default_run_dir())
-        self.callbacks = CallbackList(
-            assemble_callbacks(callbacks, progress_bar, logger, checkpoint, self.is_global_zero)
-        )
+        self.run_files = RunFiles(Path(run_dir or _default_run_dir()), self.limits.writes_files)
+        self.callbacks = CallbackList(assemble_callbacks(
+            with_timer(callbacks, max_time), progress_bar, logger, checkpoint,
+            self.is_global_zero, writes_files=self.limits.writes_files,
+        ))  # fmt: skip
+        check_monitored_names(self.callbacks, self.optimization, self.val_loader, self.metric_fns)
         self.seed = seed
         self.stage: str | None = None  # "train", "validate", "test", "predict" while running
         self._preemption = PreemptionWatch()
@@ -391,7 +453,8 @@ class Trainer:
         """Train until `max_epochs` or `max_steps`; `ckpt_path` resumes a saved run.
 
         Returns one record per epoch: `epoch`, the epoch means of training figures such as
-        `train/loss`, the validation figures and the learning rate. The run's folder
+        `train/loss`, the figures of the epoch's last validation (at its end, or inside it
+        with `val_check_interval`) and the learning rate. The run's folder
         (`log_dir`) is chosen here: a new `run_dir/version_N`, or the one `ckpt_path` continues.
 
         Raises:
@@ -416,10 +479,11 @@ class Trainer:
                 self.model.train()
             try:
                 self.callbacks.call("on_fit_start", self)
+                self._run_sanity_check()
                 while not self._is_finished():
                     history.append(self._run_train_epoch())
                 self.callbacks.call("on_train_end", self)
-                if history and self.state.is_mid_epoch and self.val_loader is not None:
+                if history and not self.state.is_validated and self.val_loader is not None:
                     figures = self._run_validation(self.val_loader)  # figures where it ended
                     self._send_to_loggers(figures)
                     history[-1] |= figures
@@ -431,14 +495,18 @@ class Trainer:
                 self.callbacks.call("on_exception", self, exception)
                 raise
             finally:
-                stop_persistent_workers(self.train_loader, self.val_loader)
+                val_loaders = (loader for _, loader in named_loaders(self.val_loader))
+                stop_persistent_workers(self.train_loader, *val_loaders)
         return history
 
     def validate(
-        self, loader: Iterable[Any] | None = None, ckpt_path: str | Path | None = None
+        self,
+        loader: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        ckpt_path: str | Path | None = None,
     ) -> dict[str, float]:
-        """Average the loss and metrics over `loader` (the `val_loader` by default)."""
-        loader = loader if loader is not None else self.val_loader
+        """Average the loss and metrics over `loader` (the `val_loader` by default); a dict
+        of named loaders gives each loader's figures, `val/<name>/loss`, ..."""
+        loader = check_val_loader(loader, "loader") if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("validate() needs a loader: pass one, or val_loader=... to Trainer.")
         self.load_weights(ckpt_path)
@@ -477,6 +545,8 @@ class Trainer:
                 self._logs.open_train_batch(batch)
                 self.callbacks.call("on_train_batch_start", self, batch, batch_idx)
                 outputs = self._run_train_batch(batch, batch_idx)
+                if self.schedule.validates_mid_epoch and self._is_mid_epoch_validation_due():
+                    self._validate_mid_epoch(batch)
                 self.callbacks.call("on_train_batch_end", self, outputs, batch, batch_idx)
                 self._logs.close_batch()
                 should_stop, signum = self._shared_decisions()
@@ -500,16 +570,17 @@ class Trainer:
         with self.sharding.no_sync(is_window_end):
             with self.precision.autocast():
                 outputs = as_step_outputs(self._training_step(batch, batch_idx), owns_update)
-            self._logs.count_samples(outputs.pop("batch_size", None))  # the step knows better
+            num_items = outputs.get("num_items")  # what the loss averages, when not samples
+            self._logs.count_samples(outputs.pop("batch_size", None), num_items)
             loss = outputs.get("loss")
             # "skip" pays one host sync per batch to keep a non-finite loss out of the weights.
             is_used = self.nan_policy != "skip" or is_finite_or_skipped(loss, self.state)
             if owns_update:
                 pass  # the step ran its own backward passes and steps
             elif is_used:
-                self.optimization.backward(loss)
+                self.optimization.accumulate(loss, num_items)  # weighed by its items
             else:  # other ranks still expect this one in the gradient all-reduce
-                self.sharding.contribute_no_gradient()
+                self.optimization.leave_out(num_items)
         if isinstance(loss, torch.Tensor):
             outputs["loss"] = loss = loss.detach()
             if is_used and self.log_loss_as:
@@ -575,15 +646,21 @@ class Trainer:
         train_figures = self.distributed.reduce_means(self._logs.train)
         self._check_finite_loss(train_figures.get(self.log_loss_as or "train/loss"))
         self.state.metrics.update(train_figures)
-        record = {"epoch": float(self.state.epoch), **train_figures}
+        record = {"epoch": float(self.state.epoch), **train_figures, **self._epoch_validation}
+        self._epoch_validation = {}
         if not self.state.are_epoch_batches_done(self._data.length):
             return record
-        if self.val_loader is not None:
-            record |= self._run_validation(self.val_loader)
+        validates = self.val_loader is not None and not self.state.is_validated and (
+            self.schedule.is_due_at_epoch_end(self.state)
+        )
+        if validates:
+            record |= self._validate_in_training()
         rates = self.optimization.learning_rates()
         record |= rates
         self.state.metrics.update(rates)
-        self.optimization.step_schedulers_on_epoch(self.state.metrics)
+        # A plateau scheduler reads each validation once: here when this epoch end validated.
+        is_plateau_due = validates or self.val_loader is None
+        self.optimization.step_schedulers_on_epoch(self.state.metrics, is_plateau_due)
         epoch_figures = {f"{name}_epoch": value for name, value in train_figures.items()}
         just_logged = self._logs.was_logged_at(self.state.global_step)
         epoch_figures |= {
@@ -594,13 +671,64 @@ class Trainer:
         self._send_to_loggers(epoch_figures)
         self.callbacks.call("on_train_epoch_end", self)
         self.state.should_stop = self.distributed.agree(self.state.should_stop, 0, is_due=True)[0]
+        self._epoch_validation = {}
         self.state.start_next_epoch()
         return record
 
-    def _run_validation(self, loader: Iterable[Any]) -> dict[str, float]:
+    def _is_mid_epoch_validation_due(self) -> bool:
+        """`val_check_interval` asks for a validation at the step just taken, inside the
+        epoch (its last step validates at the epoch's end); int compares, no sync."""
+        state, length = self.state, self._data.length
+        return (
+            self.val_loader is not None
+            and state.is_window_end(length)
+            and self.schedule.is_due(state)
+            and not state.is_validated
+            and not state.are_epoch_batches_done(length)
+        )
+
+    def _validate_mid_epoch(self, batch: Any) -> None:
+        """Validate at this step boundary, before `on_train_batch_end`, so every checkpoint of
+        the step holds it; the figures are logged at this step, a plateau scheduler steps."""
+        figures = self._validate_in_training()
+        self.optimization.step_plateau_schedulers(self.state.metrics)
+        self._send_to_loggers(figures)
+        self._logs.open_train_batch(batch)  # the batch's own hooks log into training again
+
+    def _validate_in_training(self) -> dict[str, float]:
+        """A validation the schedule asked for: monitor-driven callbacks act on it
+        (`schedule.is_validating`), and the state records its step once it is done."""
+        with self.schedule.validating():
+            figures = self._run_validation(self.val_loader)
+        self.state.validated_step = self.state.global_step
+        self._epoch_validation = figures
+        return figures
+
+    def _run_sanity_check(self) -> None:
+        """Run `num_sanity_val_steps` validation batches before training, so a broken
+        `validation_step` fails in seconds. It changes nothing of the run: no hooks, no
+        figures kept, stateful metrics reset, every random generator put back."""
+        count = self.schedule.num_sanity_val_steps
+        if self.val_loader is None or count == 0:
+            return
+        generators = capture_rng_states()  # a loader's iterator draws its seed from torch's
+        with self._in_stage("validate"):
+            for loader in each_loader(self.val_loader):
+                shard = evaluation_loader(loader, self.distributed)
+                self._run_eval_loop(first_batches(shard, count), "validate")
+                stop_persistent_workers(shard)  # the first validation starts them as without
+        restore_rng_states(generators)
+
+    def _run_validation(
+        self, loader: Iterable[Any] | Mapping[str, Iterable[Any]]
+    ) -> dict[str, float]:
+        """Validate on `loader`, or on each loader of a dict, one pass each, its figures
+        named after it; the hooks fire once around them all."""
         with self._in_stage("validate"):
             self.callbacks.call("on_validation_start", self)
-            figures = self._run_eval_loop(loader, "validate")
+            figures: dict[str, float] = {}
+            for name, one in named_loaders(loader):
+                figures |= named_figures(self._run_eval_loop(one, "validate"), name)
             self.state.metrics.update(figures)
             self.callbacks.call("on_validation_end", self, figures)
         return figures
@@ -624,9 +752,11 @@ class Trainer:
         if stage != "predict":  # predictions stay whole and in order on every rank
             loader = evaluation_loader(loader, self.distributed)
         self._logs.start_evaluation()
-        with _kept_module_modes(self.model), torch.inference_mode():
+        with _kept_module_modes(self.model), self.sharding.without_autograd():
             self.model.eval()
-            batches = batches_on_device(loader, self.device, self.precision.input_dtype)
+            batches = batches_on_device(
+                self.limits.first_batches(loader, stage), self.device, self.precision.input_dtype
+            )  # limit_val_batches, overfit_batches, fast_dev_run: the first batches only
             with contextlib.closing(batches):  # its workers stop even when a step raises
                 for batch_idx, batch in enumerate(batches):
                     self._logs.open_eval_batch(batch)

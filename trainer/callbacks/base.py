@@ -2,14 +2,15 @@
 which dispatches the hooks.
 
 A callback declares what the loop, the defaults, the stop path and the report must know of
-it, so none of them asks for its type: whether it writes checkpoints (`writes_checkpoints`),
-the folder it keeps last-state files in and how many (`checkpoint_folder`), the best epoch
-it has judged and the file holding it (`best_so_far`), why it stopped training
-(`stop_reason`) and an address that shows the run (`dashboard_url`). The base class declares
-nothing. `CallbackList` works out once per run which callbacks use which hook, so a hook that nobody
-uses costs one dictionary lookup and a callback that uses nothing costs nothing at all. A
-callback uses the hooks it overrides, minus those its `uses_hook` declines for its settings
-(a checkpoint callback without step saves has nothing to do after each batch).
+it, so none of them asks for its type: whether it writes checkpoints (`writes_checkpoints`)
+or other files (`writes_files`), the folder it keeps last-state files in and how many
+(`checkpoint_folder`), the best epoch it has judged and the file holding it (`best_so_far`),
+why it stopped training (`stop_reason`) and an address that shows the run
+(`dashboard_url`). The base class declares nothing. `CallbackList` works out once per run
+which callbacks use which hook, so a hook that nobody uses costs one dictionary lookup and a
+callback that uses nothing costs nothing at all. A callback uses the hooks it overrides,
+minus those its `uses_hook` declines for its settings (a checkpoint callback without step
+saves has nothing to do after each batch).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Callback:
     writes_checkpoints: ClassVar[bool] = False
     """Whether this callback saves checkpoints. Such callbacks run on every rank (a save
     gathers every rank's state) and after all others, so a file holds their states too."""
+
+    writes_files: ClassVar[bool] = False
+    """Whether this callback writes other files (logs, configs, traces); a run that writes
+    no files (`fast_dev_run`) leaves such callbacks, and those that write checkpoints, out."""
 
     def checkpoint_folder(self, trainer: Trainer) -> CheckpointFolder | None:
         """The folder this callback keeps last-state checkpoints in, and how many; None when

@@ -31,6 +31,8 @@ class CSVLogger(Callback):
             (`trainer.log_dir`) when a run starts.
     """
 
+    writes_files = True
+
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self._rows: dict[int, dict[str, float]] = {}

@@ -24,9 +24,12 @@ def assemble_callbacks(
     logger: Any,
     checkpoint: Any,
     is_global_zero: bool = True,
+    writes_files: bool = True,
 ) -> list[Callback]:
     """Defaults first, then the user's; callbacks that declare `writes_checkpoints` go last
-    so they capture every other callback's state for the step.
+    so they capture every other callback's state for the step. A run that writes no files
+    (`writes_files=False`: a `fast_dev_run`) keeps none that declare they write any, the
+    user's included: the progress bar stays, the loggers and checkpoints go.
 
     `logger` stands for two defaults, TensorBoard and CSV; an instance of one replaces that
     one, and an instance in `callbacks` replaces the default of its class. Only rank 0 gets
@@ -51,5 +54,14 @@ def assemble_callbacks(
                 if is_global_zero or kind.writes_checkpoints:
                     defaults.append(kind())
     ordered = defaults + callbacks
+    if not writes_files:
+        ordered = [callback for callback in ordered if not _writes_files(callback)]
     # What is not a Callback sorts as one that writes nothing; CallbackList refuses it, named.
     return sorted(ordered, key=lambda callback: getattr(callback, "writes_checkpoints", False))
+
+
+def _writes_files(callback: Any) -> bool:
+    """What a callback declares it writes: checkpoints or other files."""
+    return bool(getattr(callback, "writes_checkpoints", False)) or bool(
+        getattr(callback, "writes_files", False)
+    )

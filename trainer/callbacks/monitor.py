@@ -27,6 +27,11 @@ def missing_metric_error(name: str, logged: list[str], who: str) -> MissingMetri
     message = f"{who} monitors {name!r}, which was never logged.{hint} Logged names: {available}."
     if name.startswith("val/") and not any(n.startswith("val/") for n in logged):
         message += " Validation names need a val_loader."
+    # `val/loss` with several loaders: each loader logs `val/<loader>/loss`.
+    figure = name.removeprefix("val/")
+    per_loader = [n for n in logged if n.startswith("val/") and n.split("/")[2:] == [figure]]
+    if name.startswith("val/") and "/" not in figure and per_loader:
+        message += f" With several val loaders, name one: {', '.join(map(repr, per_loader))}."
     return MissingMetricError(message)
 
 

@@ -97,10 +97,11 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         total = trainer.num_train_batches
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs is not None else ""
         self._bar = tqdm(
             total=total,
             initial=trainer.state.batches_in_epoch,
-            desc=f"Epoch {trainer.epoch + 1}/{trainer.max_epochs or '?'}",
+            desc=f"Epoch {trainer.epoch + 1}{epochs}",
             leave=self.leave,
             dynamic_ncols=True,
             unit="batch",
@@ -121,13 +122,27 @@ class ProgressBar(Callback):
             self._last_draw = now
             rate = trainer.samples_in_epoch / max(now - self._epoch_start, 1e-9)
             postfix = {"loss": f"{float(outputs['loss']):.4f}", "samples/s": f"{rate:.0f}"}
+            if trainer.max_steps is not None:  # a run by steps: how far it is
+                postfix["step"] = f"{trainer.global_step}/{trainer.max_steps}"
             self._bar.set_postfix(postfix, refresh=False)
 
     def on_validation_start(self, trainer: Trainer) -> None:
         """Say the epoch is validating, so a long validation does not look like a hang."""
         if self._bar is not None:
-            self._bar.set_description_str(f"{self._bar.desc} (validating)", refresh=False)
+            self._bar.set_description_str(f"{self._bar.desc}{_VALIDATING}", refresh=False)
             self._bar.set_postfix_str("", refresh=True)
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """A validation inside the epoch (`val_check_interval`) is done: training goes on."""
+        if self._bar is not None:
+            self._bar.set_description_str(self._bar.desc.removesuffix(_VALIDATING), refresh=False)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """A run that stops inside an epoch (`max_steps`, `max_time`) closes its bar there,
+        before the end-of-run lines are printed."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         """Close the bar with the epoch's figures, or print them as one line."""
@@ -135,16 +150,13 @@ class ProgressBar(Callback):
             return
         figures = _format_figures(trainer.metrics)
         if self._bar is not None:
-            self._bar.set_description_str(
-                self._bar.desc.removesuffix(" (validating)"), refresh=False
-            )
             self._bar.set_postfix_str(figures, refresh=False)
             self._bar.close()
             self._bar = None
         else:
             seconds = time.monotonic() - self._epoch_start
-            total = trainer.max_epochs or "?"
-            print(f"Epoch {trainer.epoch + 1}/{total}: {figures} ({seconds:.2f}s)", flush=True)
+            epochs = f"/{trainer.max_epochs}" if trainer.max_epochs is not None else ""
+            print(f"Epoch {trainer.epoch + 1}{epochs}: {figures} ({seconds:.2f}s)", flush=True)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         """Close the bar so the traceback is not drawn over it."""
@@ -153,7 +165,11 @@ class ProgressBar(Callback):
             self._bar = None
 
 
-_BAR_HOOKS = ("on_train_batch_end", "on_validation_start", "on_exception")
+_BAR_HOOKS = (
+    "on_train_batch_end", "on_validation_start", "on_validation_end", "on_train_end",
+    "on_exception",
+)  # fmt: skip
+_VALIDATING = " (validating)"
 _BAR_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| "
     "{n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"

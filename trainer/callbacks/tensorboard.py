@@ -63,6 +63,8 @@ class TensorBoardLogger(Callback):
         >>> Trainer(model, ..., logger=TensorBoardLogger(histogram_every_n_epochs=5))
     """
 
+    writes_files = True
+
     def __init__(
         self,
         log_dir: str | Path | None = None,

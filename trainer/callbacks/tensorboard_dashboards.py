@@ -43,13 +43,14 @@ def monitored_metrics(trainer: Trainer) -> list[str]:
 
 
 def metric_order(tags: list[str], monitored: list[str]) -> list[str]:
-    """Monitored metrics first, then validation figures, training epoch figures, the rest."""
+    """Monitored metrics first, then validation figures (losses first, each loader's with
+    several loaders), training epoch figures, the rest."""
 
     def rank(tag: str) -> tuple[int, bool]:
         if tag in monitored:
             return 0, False
         if tag.startswith("val/"):
-            return 1, tag != "val/loss"
+            return 1, not tag.endswith("/loss")
         if tag.startswith("train/") and tag.endswith("_epoch"):
             return 2, tag != "train/loss_epoch"
         return 3, False
@@ -61,8 +62,35 @@ def pinned_tags(tags: list[str], monitored: list[str]) -> list[str]:
     """The figures a run is judged by: what the callbacks watch, then the losses (the
     training loss of the log steps, or of the epochs when no log step came)."""
     train_loss = "train/loss" if "train/loss" in tags else "train/loss_epoch"
-    wanted = dict.fromkeys([*monitored, "val/loss", train_loss])
+    loaders_losses = [tag for tag in tags if _loader_and_figure(tag)[1:] == ("loss",)]
+    wanted = dict.fromkeys([*monitored, "val/loss", *loaders_losses, train_loss])
     return [tag for tag in wanted if tag in tags]
+
+
+def _loader_and_figure(tag: str) -> tuple[str, ...]:
+    """`("clean", "loss")` for `val/clean/loss`, a figure of one of several val loaders;
+    `()` for any other tag."""
+    parts = tag.split("/")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "val" else ()
+
+
+def _by_loader(tags: list[str], monitored: list[str]) -> dict[str, list[Any]]:
+    """One chart per figure that several val loaders logged, such as `val/{clean,noisy}/loss`,
+    a line per loader (in the order they logged), the monitored figure's chart first."""
+    loaders: dict[str, list[str]] = {}
+    for tag in tags:
+        if named := _loader_and_figure(tag):
+            loaders.setdefault(named[1], []).append(named[0])
+    ordered = dict.fromkeys(named[1] for tag in metric_order(tags, monitored)
+                            if (named := _loader_and_figure(tag)))  # fmt: skip
+    return {
+        f"val/{{{','.join(loaders[figure])}}}/{figure}": [
+            "Multiline",
+            [f"^val/({'|'.join(map(re.escape, loaders[figure]))})/{re.escape(figure)}$"],
+        ]
+        for figure in ordered
+        if len(loaders[figure]) > 1
+    }
 
 
 def _hparam_type(value: bool | int | float | str) -> int:
@@ -77,7 +105,8 @@ def _hparam_type(value: bool | int | float | str) -> int:
 
 
 def custom_scalars_layout(tags: list[str], monitored: list[str]) -> dict[str, dict[str, list[Any]]]:
-    """Custom Scalars charts, one per figure the run logged: validation first, monitored first.
+    """Custom Scalars charts, one per figure the run logged: validation first, monitored first;
+    with several val loaders, first a chart per figure with a line per loader.
 
     TensorBoard colours lines by run, so a training and a validation line in one chart would
     share a colour: a validation figure with a training counterpart is drawn as its line with
@@ -89,7 +118,8 @@ def custom_scalars_layout(tags: list[str], monitored: list[str]) -> dict[str, di
 
     compared: dict[str, list[Any]] = {}
     for tag in metric_order([tag for tag in tags if tag.startswith("val/")], monitored):
-        train = f"train/{tag.removeprefix('val/')}_epoch"
+        figure = named[1] if (named := _loader_and_figure(tag)) else tag.removeprefix("val/")
+        train = f"train/{figure}_epoch"
         is_paired = train in tags
         title = f"{tag}, shaded to {train}" if is_paired else tag
         compared[title] = ["Margin", [tag, train, tag]] if is_paired else chart(tag)
@@ -104,7 +134,11 @@ def custom_scalars_layout(tags: list[str], monitored: list[str]) -> dict[str, di
     if not any(tag == "lr" or tag.startswith("lr/") for tag in tags):
         del optimization["learning rate"]
     optimization = {title: spec for title, spec in optimization.items() if spec[1]}
-    layout = {"train vs validation": compared, "optimization": optimization}
+    layout = {
+        "validation loaders": _by_loader(tags, monitored),
+        "train vs validation": compared,
+        "optimization": optimization,
+    }
     return {title: charts for title, charts in layout.items() if charts}
 
 
